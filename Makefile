@@ -1,0 +1,42 @@
+# The README's two commands:
+#   make protect IN=photo.jpg [OUT=photo.protected.jpg] [PRESET=balanced]
+#   make test
+# Both create .venv on first use and install the project with the pinned constraints.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PRESET ?= balanced
+export DEEPGUARD_WEIGHTS_DIR ?= $(abspath ../shared/weights)
+
+.PHONY: install protect test lint format bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+protect: $(STAMP)
+	@test -n "$(IN)" || { echo "usage: make protect IN=photo.jpg [OUT=...] [PRESET=balanced]"; exit 2; }
+	$(BIN)/deepguard protect "$(IN)" $(if $(OUT),-o "$(OUT)") --preset $(PRESET)
+
+lint: $(STAMP)
+	$(BIN)/ruff check deepguard tests bench
+	$(BIN)/ruff format --check deepguard tests bench
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+format: $(STAMP)
+	$(BIN)/ruff format deepguard tests bench
+	$(BIN)/ruff check --fix deepguard tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/detectors.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,257 @@
+"""The ``deepguard`` command line.
+
+Each subcommand is a small function; errors caused by input or environment
+(:class:`~deepguard.errors.DeepguardError`) are printed as one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from deepguard.errors import DeepguardError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from deepguard.models.registry import detector_specs
+    from deepguard.models.store import WeightStore
+
+    store = WeightStore()
+    print(f"{'detector':<16} {'status':<30} description")
+    for spec in detector_specs().values():
+        states = {store.status(file)[0].value for file in spec.files}
+        status = states.pop() if len(states) == 1 else "incomplete: " + ", ".join(sorted(states))
+        print(f"{spec.name:<16} {status:<30} {spec.description}")
+    return 0
+
+
+def _selected_specs(names: Sequence[str]):
+    from deepguard.models.registry import detector_specs, get_spec
+
+    return [get_spec(name) for name in names] if names else list(detector_specs().values())
+
+
+def _models_fetch(args: argparse.Namespace) -> int:
+    from deepguard.models.store import WeightError, WeightStore
+
+    store = WeightStore()
+    failures = 0
+    for spec in _selected_specs(args.names):
+        for file in spec.files:
+            try:
+                path = store.resolve(file, download=True)
+                print(f"{spec.name}: {file.name} ok ({path})")
+            except WeightError as error:
+                failures += 1
+                print(f"{spec.name}: {error}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _models_verify(args: argparse.Namespace) -> int:
+    from deepguard.models.store import WeightStatus, WeightStore
+
+    store = WeightStore()
+    bad = 0
+    for spec in _selected_specs(args.names):
+        for file in spec.files:
+            state, path = store.status(file)
+            bad += state in (WeightStatus.MISMATCH,)
+            print(f"{spec.name}: {file.name}: {state.value}" + (f" ({path})" if path else ""))
+    return 1 if bad else 0
+
+
+def _attack_config(args: argparse.Namespace):
+    from deepguard.attack.config import load_preset
+
+    detectors = (
+        [d.strip() for d in args.detectors.split(",") if d.strip()] if args.detectors else None
+    )
+    region_mode = None if args.region is None else args.region == "faces"
+    return load_preset(
+        args.preset,
+        detectors=detectors,
+        epsilon=args.epsilon,
+        iterations=args.iterations,
+        step=args.step,
+        seed=args.seed,
+        region_mode=region_mode,
+    )
+
+
+def _protect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from deepguard.models.registry import get_spec
+    from deepguard.pipeline.protect import ProtectOptions, Protector, default_output
+    from deepguard.stages.image_io import IMAGE_SUFFIXES
+
+    config = _attack_config(args)
+    for name in config.detectors:
+        get_spec(name)
+    source = Path(args.input)
+    if source.is_dir():
+        inputs = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not inputs:
+            raise DeepguardError(f"{source}: no JPEG, PNG or WebP files to protect")
+        out_dir = Path(args.output) if args.output else source / "protected"
+        jobs = [(path, out_dir / path.name) for path in inputs]
+        reports = Path(args.report) if args.report else None
+        report_for = {path: reports / f"{path.stem}.json" if reports else None for path in inputs}
+    else:
+        output = Path(args.output) if args.output else default_output(source)
+        jobs = [(source, output)]
+        report_for = {source: Path(args.report) if args.report else None}
+    protector = Protector(config)
+    failures = 0
+    for path, output in jobs:
+        bar = _progress_bar(path.name, args.quiet)
+        try:
+            report = protector.protect(
+                path,
+                output,
+                ProtectOptions(keep_metadata=args.keep_metadata, report_path=report_for[path]),
+                progress=bar.update if bar else None,
+            )
+        except DeepguardError as error:
+            if len(jobs) == 1:
+                raise
+            failures += 1
+            print(f"deepguard: error: {error}", file=sys.stderr)
+            continue
+        finally:
+            if bar:
+                bar.close()
+        if not args.quiet:
+            verdict = ", ".join(
+                f"{name} {d['faces_before']}→{d['faces_after']}"
+                for name, d in report["detectors"].items()
+            )
+            print(
+                f"{output}: {verdict}; PSNR {report['psnr_db']} dB; "
+                f"{report['timings_s']['total']:.1f} s"
+            )
+    return 1 if failures else 0
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr fed by the attack's (phase, done, total) callback."""
+
+    def __init__(self, label: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc=label, unit="it", file=sys.stderr, leave=False)
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.set_postfix_str(phase)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress_bar(label: str, quiet: bool) -> _ProgressBar | None:
+    return None if quiet else _ProgressBar(label)
+
+
+def _add_attack_options(parser: argparse.ArgumentParser) -> None:
+    from deepguard.attack.config import preset_names
+
+    parser.add_argument(
+        "--preset",
+        default="balanced",
+        choices=preset_names(),
+        help="attack preset (default: balanced)",
+    )
+    advanced = parser.add_argument_group("advanced (override the preset)")
+    advanced.add_argument("--detectors", help="comma-separated ensemble, e.g. retinaface,mtcnn")
+    advanced.add_argument("--epsilon", type=float, help="L∞ budget in pixel levels (8 = 8/255)")
+    advanced.add_argument("--iterations", type=int, help="attack iterations before verification")
+    advanced.add_argument("--step", type=float, help="step size in pixel levels")
+    advanced.add_argument("--seed", type=int, help="random seed (same seed, same output)")
+    advanced.add_argument(
+        "--region",
+        choices=["faces", "frame"],
+        help="perturb only around detected faces, or the whole frame",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepguard",
+        description="Protect photos and videos of people against deepfakes (FacePoison).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    protect = commands.add_parser(
+        "protect",
+        help="protect an image (or a folder of images) against face detection",
+        description="Add an imperceptible FacePoison perturbation so face detectors miss the "
+        "faces. The result is verified on the saved file.",
+    )
+    protect.add_argument("input", metavar="IN", help="image file or folder")
+    protect.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="output file (default IN.protected.EXT) or folder (default IN/protected)",
+    )
+    protect.add_argument(
+        "--report", metavar="R.json", help="write the JSON processing log (a folder for IN folders)"
+    )
+    protect.add_argument(
+        "--keep-metadata", action="store_true", help="keep EXIF (GPS included); stripped by default"
+    )
+    protect.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    _add_attack_options(protect)
+    protect.set_defaults(handler=_protect)
+
+    models = commands.add_parser(
+        "models",
+        help="list, download and verify the face-detector weights",
+        description="Manage detector weights: local folder, user cache, or one verified download.",
+    )
+    model_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    listing = model_commands.add_parser(
+        "list", help="show every detector and whether its weights are available"
+    )
+    listing.set_defaults(handler=_models_list)
+    fetch = model_commands.add_parser(
+        "fetch", help="download missing weights (all detectors, or the ones named)"
+    )
+    fetch.add_argument("names", nargs="*", metavar="NAME", help="detector names (default: all)")
+    fetch.set_defaults(handler=_models_fetch)
+    verify = model_commands.add_parser(
+        "verify", help="check local weights against their pinned sha256"
+    )
+    verify.add_argument("names", nargs="*", metavar="NAME", help="detector names (default: all)")
+    verify.set_defaults(handler=_models_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except DeepguardError as error:
+        print(f"deepguard: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deepguard: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

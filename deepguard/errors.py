@@ -1,0 +1,9 @@
+"""Errors that reach the user as one clear line (the CLI prints them without a traceback)."""
+
+
+class DeepguardError(RuntimeError):
+    """Base for every error caused by input, configuration or environment, not by a bug."""
+
+
+class InputError(DeepguardError):
+    """The input file cannot be protected: wrong type, corrupt, too large, unsupported."""

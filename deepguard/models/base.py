@@ -1,0 +1,173 @@
+"""The one interface every face detector in the zoo implements.
+
+The attack core only ever talks to :class:`FaceDetector`: it needs differentiable face
+confidences (``score_maps``), named intermediate features (``features``) and, for
+verification, plain detections (``detect``). Inputs are always ``N×3×H×W`` float tensors
+holding RGB values in ``0..255``; each detector does its own (differentiable) preprocessing,
+so one perturbed tensor can be fed to every member of an ensemble.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchvision.ops import nms
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Faces found in one image: ``boxes`` K×4 (x1, y1, x2, y2 in input pixels), ``scores`` K."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
+
+
+@dataclass
+class DensePrediction:
+    """Per-anchor output of a detector's final stage, before thresholding and NMS.
+
+    ``scores`` is N×A face probabilities and ``boxes`` N×A×4 decoded boxes in input pixel
+    coordinates. Both stay attached to the autograd graph, so the attack and the detector's
+    own post-processing read the very same numbers.
+    """
+
+    scores: Tensor
+    boxes: Tensor
+
+
+class FaceDetector(nn.Module, ABC):
+    """Base class for the detector zoo.
+
+    Subclasses set ``name``, ``score_threshold`` and ``nms_iou`` to the detector's published
+    defaults and ``feature_modules``, and implement :meth:`dense`.
+    """
+
+    name: str = "detector"
+    score_threshold: float = 0.5
+    nms_iou: float = 0.4
+    max_detections: int = 750
+    #: boxes narrower than this (in input pixels) are dropped, as the reference code does
+    min_box_size: float = 0.0
+
+    @abstractmethod
+    def dense(self, x: Tensor) -> DensePrediction:
+        """Final-stage face probabilities and boxes for every anchor/location."""
+
+    def score_maps(self, x: Tensor) -> list[Tensor]:
+        """Every face confidence that an attack has to push down, each N×A in 0..1.
+
+        Single-stage detectors return their final scores; cascades (MTCNN) add the scores of
+        every stage, so that no stage is left to rescue the face.
+        """
+        return [self.dense(x).scores]
+
+    #: the three hooked layers of the FacePoison feature loss, shallow to deep:
+    #: readable name → dotted path of the submodule whose output is the feature map
+    feature_modules: dict[str, str] = {}
+
+    def features(self, x: Tensor) -> dict[str, Tensor]:
+        """Three named intermediate feature maps, shallow to deep, for the FacePoison loss."""
+        return self.score_maps_and_features(x)[1]
+
+    def score_maps_and_features(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Score maps and hooked features from ONE forward pass, both on the autograd graph.
+
+        The feature-importance estimate needs d(scores)/d(features), so the features must be
+        the very tensors the scores were computed from. A layer run several times (a pyramid)
+        reports its first call (the finest level).
+        """
+        captured: dict[str, Tensor] = {}
+
+        def keep(name: str):
+            def hook(module: nn.Module, inputs: object, output: Tensor) -> None:
+                captured.setdefault(name, output)
+
+            return hook
+
+        handles = [
+            self.get_submodule(path).register_forward_hook(keep(name))
+            for name, path in self.feature_modules.items()
+        ]
+        try:
+            maps = self.score_maps(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return maps, {name: captured[name] for name in self.feature_modules if name in captured}
+
+    def postprocess(self, pred: DensePrediction) -> list[Detections]:
+        """Threshold, NMS and top-k, image by image, at the detector's defaults."""
+        results = []
+        for scores, boxes in zip(
+            pred.scores.detach().float(), pred.boxes.detach().float(), strict=False
+        ):
+            keep = scores > self.score_threshold
+            if self.min_box_size > 0:
+                wh = boxes[:, 2:] - boxes[:, :2]
+                keep &= (wh >= self.min_box_size).all(dim=1)
+            scores, boxes = scores[keep], boxes[keep]
+            keep = nms(boxes, scores, self.nms_iou)[: self.max_detections]
+            results.append(
+                Detections(boxes[keep].cpu().numpy().astype(np.float32), scores[keep].cpu().numpy())
+            )
+        return results
+
+    @torch.no_grad()
+    def detect_batch(self, x: Tensor) -> list[Detections]:
+        """Detections for an N×3×H×W batch (RGB, 0..255)."""
+        return self.postprocess(self.dense(x))
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """Detections for one H×W×3 uint8 RGB image, with no gradient."""
+        return self.detect_batch(image_to_tensor(image, self.device))[0]
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+
+def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
+    """H×W×3 uint8 RGB array to a 1×3×H×W float tensor in 0..255."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an H×W×3 RGB image, got shape {image.shape}")
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+    return tensor.permute(2, 0, 1).unsqueeze(0).float()
+
+
+def rgb_to_bgr(x: Tensor) -> Tensor:
+    """Swap the channel order of an N×3×H×W tensor (many detectors were trained on BGR)."""
+    return x.flip(1)
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Zero-pad bottom/right so H and W are multiples of ``multiple`` (boxes stay valid)."""
+    height, width = x.shape[-2:]
+    pad_h = (-height) % multiple
+    pad_w = (-width) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return nn.functional.pad(x, (0, pad_w, 0, pad_h))
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Load a checkpoint safely (``weights_only``) and strip a DataParallel ``module.`` prefix."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return {key.removeprefix("module."): value for key, value in state.items()}

@@ -1,0 +1,124 @@
+"""YuNet (OpenCV zoo) face detector: preprocessing and decoding as in ``cv::FaceDetectorYN``.
+
+OpenCV feeds the network a BGR image in 0..255 (``blobFromImage`` with no scaling or mean),
+zero-padded at the bottom/right to a multiple of 32. The heads give, per stride 8/16/32 and
+grid cell (row r, column c), sigmoid ``cls`` and ``obj`` scores and a box
+``(dx, dy, log w, log h)`` in stride units; OpenCV scores a cell ``sqrt(cls * obj)`` and
+decodes the centre ``((c + dx) * s, (r + dy) * s)`` and size ``(exp(log w) * s, ...)``
+(``postProcess`` in opencv/modules/objdetect/src/face_detect.cpp).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from deepguard.models.base import DensePrediction, FaceDetector, pad_to_multiple, rgb_to_bgr
+from deepguard.models.yunet.net import OnnxGraph
+
+WEIGHT_FILE = "yunet_2026may.onnx"
+STRIDES = (8, 16, 32)
+DIVISOR = 32
+
+#: Backbone outputs at strides 8, 16 and 32 (ONNX tensor names → readable module names).
+FEATURE_TENSORS = {
+    "backbone.model3": "214",
+    "backbone.model4": "223",
+    "backbone.model5": "232",
+}
+
+#: sqrt(cls * obj) is clamped away from 0 so its gradient stays finite where both underflow.
+_MIN_SCORE_PRODUCT = 1e-12
+
+
+_HEAD_OUTPUTS = tuple(f"{kind}_{s}" for kind in ("cls", "obj", "bbox") for s in STRIDES)
+
+
+class YuNet(FaceDetector):
+    """YuNet with FaceDetectorYN's defaults (score 0.9, NMS IoU 0.3, top-k 5000)."""
+
+    name = "yunet"
+    score_threshold = 0.9
+    nms_iou = 0.3
+    max_detections = 5000
+
+    def __init__(self, graph: OnnxGraph) -> None:
+        super().__init__()
+        missing = set(FEATURE_TENSORS.values()) - graph.tensor_names
+        heads = {f"{kind}_{s}" for kind in ("cls", "obj", "bbox") for s in STRIDES}
+        missing |= heads - graph.tensor_names
+        if missing:
+            raise ValueError(f"not a YuNet graph: no tensor(s) named {sorted(missing)}")
+        self.graph = graph
+        self._grids: dict[tuple[int, int, torch.device], list[Tensor]] = {}
+
+    @staticmethod
+    def preprocess(x: Tensor) -> Tensor:
+        """RGB 0..255 → BGR 0..255, zero-padded bottom/right to a multiple of 32."""
+        return pad_to_multiple(rgb_to_bgr(x), DIVISOR)
+
+    def _run(self, x: Tensor, extra: tuple[str, ...] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+        padded = self.preprocess(x)
+        return padded, self.graph(padded, [*_HEAD_OUTPUTS, *extra])
+
+    def _decode(self, padded: Tensor, out: dict[str, Tensor]) -> DensePrediction:
+        height, width = padded.shape[-2:]
+        grids = self._grid(height, width, padded.device)
+        scores, boxes = [], []
+        for stride, grid in zip(STRIDES, grids, strict=True):
+            cls, obj = out[f"cls_{stride}"][..., 0], out[f"obj_{stride}"][..., 0]
+            scores.append((cls * obj).clamp(_MIN_SCORE_PRODUCT, 1.0).sqrt())
+            boxes.append(decode_boxes(out[f"bbox_{stride}"], grid.to(padded.dtype), stride))
+        return DensePrediction(torch.cat(scores, dim=1), torch.cat(boxes, dim=1))
+
+    def dense(self, x: Tensor) -> DensePrediction:
+        return self._decode(*self._run(x))
+
+    def score_maps_and_features(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """One pass through the graph for both (the graph has no modules to hook)."""
+        padded, out = self._run(x, tuple(FEATURE_TENSORS.values()))
+        features = {name: out[tensor] for name, tensor in FEATURE_TENSORS.items()}
+        return [self._decode(padded, out).scores], features
+
+    def features(self, x: Tensor) -> dict[str, Tensor]:
+        out = self.graph(self.preprocess(x), FEATURE_TENSORS.values())
+        return {name: out[tensor] for name, tensor in FEATURE_TENSORS.items()}
+
+    def _grid(self, height: int, width: int, device: torch.device) -> list[Tensor]:
+        """Per stride, the (column, row) of every cell in row-major order, as (H·W)×2."""
+        key = (height, width, device)
+        if key not in self._grids:
+            grids = []
+            for stride in STRIDES:
+                rows = torch.arange(height // stride, device=device, dtype=torch.float32)
+                cols = torch.arange(width // stride, device=device, dtype=torch.float32)
+                r, c = torch.meshgrid(rows, cols, indexing="ij")
+                grids.append(torch.stack([c.reshape(-1), r.reshape(-1)], dim=1))
+            self._grids[key] = grids
+        return self._grids[key]
+
+
+def decode_boxes(bbox: Tensor, grid: Tensor, stride: int) -> Tensor:
+    """N×A×4 ``(dx, dy, log w, log h)`` at one stride → N×A×4 xyxy pixels."""
+    centre = (grid + bbox[..., :2]) * stride
+    half = bbox[..., 2:].exp() * (stride / 2)
+    return torch.cat([centre - half, centre + half], dim=-1)
+
+
+def load(weights: Mapping[str, Path] | None, **options: object) -> YuNet:
+    """YuNet from its ONNX graph; the graph is the architecture, so it cannot be built blank."""
+    if options:
+        raise ValueError(f"yunet takes no options, got {sorted(options)}")
+    if weights is None or WEIGHT_FILE not in weights:
+        raise ValueError(
+            f"yunet is defined by its ONNX graph and needs {WEIGHT_FILE!r}; "
+            "it cannot be built with random initialisation"
+        )
+    model = YuNet(OnnxGraph.from_file(os.fspath(weights[WEIGHT_FILE])))
+    model.eval()
+    model.requires_grad_(False)
+    return model

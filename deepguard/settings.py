@@ -1,0 +1,78 @@
+"""Runtime configuration from environment variables and ``.env`` (pydantic-settings).
+
+Every knob an operator may need lives here, so the CLI, the pipeline and the web service
+read one source of truth. Names follow the environment variables documented in
+``.env.example``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """deepguard settings; see ``.env.example`` for every variable."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("data"),
+        validation_alias=AliasChoices("DEEPGUARD_DATA_DIR"),
+        description="Uploads, results, job store and reports.",
+    )
+    weights_dir: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DEEPGUARD_WEIGHTS_DIR"),
+        description="Read-only folder searched first for detector weights.",
+    )
+    weights_cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "deepguard",
+        validation_alias=AliasChoices("DEEPGUARD_WEIGHTS_CACHE"),
+        description="Writable cache where downloaded weights are kept.",
+    )
+    weights_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DEEPGUARD_WEIGHTS_BASE_URL"),
+        description="Mirror that serves every weight file by name; overrides upstream URLs.",
+    )
+    allow_unpinned_weights: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("DEEPGUARD_ALLOW_UNPINNED_WEIGHTS"),
+        description="Accept downloads of weights that have no sha256 pinned in detectors.yaml.",
+    )
+    download_timeout_s: float = Field(
+        default=60.0, validation_alias=AliasChoices("DEEPGUARD_DOWNLOAD_TIMEOUT")
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", validation_alias=AliasChoices("DEEPGUARD_DEVICE")
+    )
+    max_image_pixels: int = Field(
+        default=80_000_000,
+        validation_alias=AliasChoices("DEEPGUARD_MAX_IMAGE_PIXELS"),
+        description="Refuse images larger than this (decompression-bomb guard).",
+    )
+    ray_address: str | None = Field(default=None, validation_alias=AliasChoices("RAY_ADDRESS"))
+    host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("HOST"))
+    port: int = Field(default=5000, validation_alias=AliasChoices("PORT"))
+    preferred_url_scheme: Literal["http", "https"] = Field(
+        default="http", validation_alias=AliasChoices("PREFERRED_URL_SCHEME")
+    )
+
+    def resolved_device(self) -> str:
+        """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,84 @@
+"""YOLO5Face specifics: manifest layouts of the three variants, anchor counts, box decoding."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepguard.models.yolo5face.net import STRIDES
+from deepguard.models.yolo5face.predictor import VARIANTS, decode, load, make_grid
+
+MANIFESTS = {
+    "n-0.5": "yolov5face_yolov5n-0.5.json",
+    "n": "yolov5face_yolov5n.json",
+    "s": "yolov5face_yolov5s.json",
+}
+NAMES = {"n-0.5": "yolo5face_n05", "n": "yolo5face_n", "s": "yolo5face_s"}
+FEATURE_LAYERS = {
+    "n-0.5": ["model.2", "model.4", "model.6"],
+    "n": ["model.2", "model.4", "model.6"],
+    "s": ["model.3", "model.5", "model.8"],
+}
+
+
+@pytest.mark.parametrize("variant", list(MANIFESTS))
+def test_manifest_loads_strictly(variant: str, manifests_dir: Path) -> None:
+    manifest = json.loads((manifests_dir / MANIFESTS[variant]).read_text())
+    state = {key: torch.zeros(shape) for key, shape in manifest["state_dict"].items()}
+    detector = load(None, variant=variant)
+    assert detector.name == NAMES[variant]
+    detector.net.load_state_dict(state, strict=True)
+
+
+@pytest.mark.parametrize("variant", list(MANIFESTS))
+def test_shapes_on_odd_input(variant: str) -> None:
+    detector = load(None, variant=variant)
+    height, width = 45, 70  # padded to 64 × 96
+    x = torch.rand(2, 3, height, width) * 255
+    pred = detector.dense(x)
+    anchors = 3 * sum(math.ceil(64 / s) * math.ceil(96 / s) for s in STRIDES)
+    assert pred.scores.shape == (2, anchors)
+    assert pred.boxes.shape == (2, anchors, 4)
+    assert pred.scores.min() >= 0 and pred.scores.max() <= 1
+    assert pred.boxes[..., 2].max() <= width and pred.boxes[..., 3].max() <= height
+    features = detector.features(x)
+    assert list(features) == FEATURE_LAYERS[variant]
+    for fmap, stride in zip(features.values(), STRIDES, strict=True):
+        assert fmap.shape[-2:] == (64 // stride, 96 // stride)
+
+
+def test_decoding_of_a_hand_made_output() -> None:
+    # a 64 × 64 input: grids 8×8, 4×4, 2×2; one confident anchor at stride 16
+    raw = [torch.full((1, 3, 64 // s, 64 // s, 16), -20.0) for s in STRIDES]  # scores ~0
+    cell = raw[1][0, 2, 1, 2]  # level P4, anchor 2 (73 × 105 px), row 1, column 2
+    cell[0] = math.log(3.0)  # sigmoid 0.75 → offset 1.0 → centre x (2 + 1.0) * 16 = 48
+    cell[1] = 0.0  # sigmoid 0.5 → offset 0.5 → centre y (1 + 0.5) * 16 = 24
+    cell[2] = math.log(3.0)  # (2 * 0.75)² = 2.25 × 73
+    cell[3] = 0.0  # (2 * 0.5)² = 1 × 105
+    cell[4] = cell[15] = 20.0
+    anchor_grid = load(None, variant="n-0.5").net.detect.anchor_grid
+    grids = [make_grid(64 // s, 64 // s, torch.device("cpu")) for s in STRIDES]
+    scores, boxes = decode(raw, anchor_grid, grids)
+    best = int(scores[0].argmax())
+    assert best == 3 * 8 * 8 + 2 * 4 * 4 + 1 * 4 + 2
+    assert scores[0, best] > 0.99 and (scores[0] > 0.01).sum() == 1
+    w, h = 2.25 * 73, 105.0
+    expected = torch.tensor([48 - w / 2, 24 - h / 2, 48 + w / 2, 24 + h / 2])
+    torch.testing.assert_close(boxes[0, best], expected)
+
+
+def test_max_size_resizes_and_maps_boxes_back() -> None:
+    detector = load(None, variant="n-0.5", max_size=64)
+    pred = detector.dense(torch.rand(1, 3, 100, 200) * 255)  # → 32 × 64
+    assert pred.scores.shape == (1, 3 * sum((32 // s) * (64 // s) for s in STRIDES))
+    assert pred.boxes[..., 2].max() <= 200 and pred.boxes[..., 3].max() <= 100
+
+
+def test_unknown_variant_is_rejected() -> None:
+    assert set(VARIANTS) == set(MANIFESTS)
+    with pytest.raises(ValueError):
+        load(None, variant="m")
