@@ -40,11 +40,14 @@ class DensePrediction:
 
     ``scores`` is N×A face probabilities and ``boxes`` N×A×4 decoded boxes in input pixel
     coordinates. Both stay attached to the autograd graph, so the attack and the detector's
-    own post-processing read the very same numbers.
+    own post-processing read the very same numbers. ``logits``, where the detector has them,
+    are the log-odds behind ``scores``: a probability that rounds to 1.0 in float32 has no
+    gradient left, its log-odds still do.
     """
 
     scores: Tensor
     boxes: Tensor
+    logits: Tensor | None = None
 
 
 class FaceDetector(nn.Module, ABC):
@@ -73,16 +76,32 @@ class FaceDetector(nn.Module, ABC):
         """
         return [self.dense(x).scores]
 
+    def logit_maps(self, x: Tensor) -> list[Tensor]:
+        """The log-odds of every map in :meth:`score_maps`: what the attack differentiates."""
+        prediction = self.dense(x)
+        if prediction.logits is not None:
+            return [prediction.logits]
+        return [probability_to_logit(prediction.scores)]
+
+    def score_floors(self, fraction: float) -> list[float]:
+        """Per entry of :meth:`score_maps`, the confidence below which it no longer matters.
+
+        Final scores must drop well below the threshold (``fraction`` of it) to survive
+        re-encoding; a cascade's early stages only need to fall below their own gates.
+        A single value applies to every map.
+        """
+        return [fraction * self.score_threshold]
+
     #: the three hooked layers of the FacePoison feature loss, shallow to deep:
     #: readable name → dotted path of the submodule whose output is the feature map
     feature_modules: dict[str, str] = {}
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
         """Three named intermediate feature maps, shallow to deep, for the FacePoison loss."""
-        return self.score_maps_and_features(x)[1]
+        return self.logit_maps_and_features(x)[1]
 
-    def score_maps_and_features(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
-        """Score maps and hooked features from ONE forward pass, both on the autograd graph.
+    def logit_maps_and_features(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Logit maps and hooked features from ONE forward pass, both on the autograd graph.
 
         The feature-importance estimate needs d(scores)/d(features), so the features must be
         the very tensors the scores were computed from. A layer run several times (a pyramid)
@@ -101,7 +120,7 @@ class FaceDetector(nn.Module, ABC):
             for name, path in self.feature_modules.items()
         ]
         try:
-            maps = self.score_maps(x)
+            maps = self.logit_maps(x)
         finally:
             for handle in handles:
                 handle.remove()
@@ -171,3 +190,19 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def probability_to_logit(p: Tensor, eps: float = 1e-7) -> Tensor:
+    """Log-odds of a probability (clamped; exact detectors provide their own logits)."""
+    p = p.float().clamp(eps, 1 - eps)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def log_odds_of_product(*log_probs: Tensor) -> Tensor:
+    """Log-odds of a product of probabilities given as log-probabilities, computed stably.
+
+    For detectors whose score is ``obj × cls`` (or a power of it): log p = Σ log pᵢ, and
+    log(1 - p) = log(-expm1(log p)) keeps precision when p is close to 1.
+    """
+    log_p = sum(log_probs)
+    return log_p - torch.log(-torch.expm1(log_p).clamp(max=-1e-30))

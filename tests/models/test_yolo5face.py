@@ -62,7 +62,8 @@ def test_decoding_of_a_hand_made_output() -> None:
     cell[4] = cell[15] = 20.0
     anchor_grid = load(None, variant="n-0.5").net.detect.anchor_grid
     grids = [make_grid(64 // s, 64 // s, torch.device("cpu")) for s in STRIDES]
-    scores, boxes = decode(raw, anchor_grid, grids)
+    logits, boxes = decode(raw, anchor_grid, grids)
+    scores = logits.sigmoid()
     best = int(scores[0].argmax())
     assert best == 3 * 8 * 8 + 2 * 4 * 4 + 1 * 4 + 2
     assert scores[0, best] > 0.99 and (scores[0] > 0.01).sum() == 1

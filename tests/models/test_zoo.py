@@ -71,14 +71,38 @@ def test_attack_path_decodes_to_the_same_boxes(name: str, detectors: dict, media
 
 
 @pytest.mark.parametrize("name", SHIPPED)
+def test_logit_maps_are_the_log_odds_of_the_scores(
+    name: str, detectors: dict, media_dir: Path
+) -> None:
+    detector = detectors[name]
+    x = image_to_tensor(read_rgb(media_dir / "lp_s0.jpg"))
+    with torch.no_grad():
+        scores, logits = detector.score_maps(x), detector.logit_maps(x)
+    assert len(scores) == len(logits)
+    for probability, log_odds in zip(scores, logits, strict=True):
+        torch.testing.assert_close(
+            log_odds.float().sigmoid(), probability.float(), atol=1e-5, rtol=0
+        )
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_confident_faces_keep_a_gradient(name: str, detectors: dict, media_dir: Path) -> None:
+    """The best face's log-odds move with the pixels, even where its probability is 1.0."""
+    detector = detectors[name]
+    x = image_to_tensor(read_rgb(media_dir / "lp_s0.jpg")).requires_grad_(True)
+    detector.logit_maps(x)[-1].max().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 1e-3
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_gradients_reach_the_pixels(name: str, detectors: dict, media_dir: Path) -> None:
     detector = detectors[name]
     x = image_to_tensor(read_rgb(media_dir / "lp_s0.jpg")).requires_grad_(True)
-    loss = sum(maps.sum() for maps in detector.score_maps(x))
+    loss = sum(maps.sum() for maps in detector.logit_maps(x))
     features = detector.features(x)
     assert len(features) == 3
     # the single-pass variant the feature loss uses hooks the very same layers
-    _, hooked = detector.score_maps_and_features(x)
+    _, hooked = detector.logit_maps_and_features(x)
     assert list(hooked) == list(features)
     for key in features:
         torch.testing.assert_close(hooked[key], features[key])
@@ -113,6 +137,6 @@ def test_manifest_detectors_run_and_differentiate(name: str) -> None:
     prediction = detector.dense(x)
     assert prediction.boxes.shape[:2] == prediction.scores.shape
     assert len(detector.features(x)) == 3
-    assert list(detector.score_maps_and_features(x)[1]) == list(detector.features(x))
+    assert list(detector.logit_maps_and_features(x)[1]) == list(detector.features(x))
     sum(maps.sum() for maps in detector.score_maps(x)).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0

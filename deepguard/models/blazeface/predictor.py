@@ -110,18 +110,19 @@ class BlazeFace(FaceDetector):
         net_input, geometry = self.letterbox(x)
         return self._decode(*self.net(net_input), geometry)
 
-    def score_maps_and_features(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+    def logit_maps_and_features(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
         """One pass: the backbone maps feed both the heads and the feature loss."""
         net_input, geometry = self.letterbox(x)
         stages = self.net.stages(net_input)
         _, grid16, grid8 = stages.values()
-        return [self._decode(*self.net.heads(grid16, grid8), geometry).scores], stages
+        return [self._decode(*self.net.heads(grid16, grid8), geometry).logits], stages
 
     def _decode(
         self, raw: Tensor, logits: Tensor, geometry: tuple[float, float, float, float]
     ) -> DensePrediction:
         scale_x, scale_y, pad_x, pad_y = geometry
-        scores = logits.clamp(-SCORE_CLIP, SCORE_CLIP).sigmoid()
+        logits = logits.clamp(-SCORE_CLIP, SCORE_CLIP)
+        scores = logits.sigmoid()
         anchors = self.anchors.to(raw.dtype)
         size = self.input_size
         # normalised centre/size in the square (anchors are 1×1, so w/h scale by 1)
@@ -130,7 +131,7 @@ class BlazeFace(FaceDetector):
         corners = torch.cat([centres - wh / 2, centres + wh / 2], dim=-1) * size
         offset = corners.new_tensor([pad_x, pad_y, pad_x, pad_y])
         scale = corners.new_tensor([scale_x, scale_y, scale_x, scale_y])
-        return DensePrediction(scores=scores, boxes=(corners - offset) / scale)
+        return DensePrediction(scores=scores, boxes=(corners - offset) / scale, logits=logits)
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
         """Stride-4 backbone map, then the 16×16 and 8×8 maps the heads read."""

@@ -100,8 +100,9 @@ class FaceBoxes(FaceDetector):
     def dense(self, x: Tensor) -> DensePrediction:
         loc, conf = self.net(self.preprocess(x))
         priors = self.priors(x.shape[-2], x.shape[-1], x.device).to(loc.dtype)
-        scores = conf.softmax(dim=-1)[..., 1]
-        return DensePrediction(scores=scores, boxes=decode(loc, priors))
+        face_logits = conf[..., 1] - conf[..., 0]  # softmax(...)[1] == sigmoid(this)
+        scores = face_logits.sigmoid()
+        return DensePrediction(scores=scores, boxes=decode(loc, priors), logits=face_logits)
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
         """The three detection sources (strides 32, 64, 128)."""

@@ -48,8 +48,7 @@ class PNet(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         features = self.trunk(x)[-1]
-        prob = self.conv4_1(features).softmax(dim=1)[:, 1]
-        return self.conv4_2(features), prob
+        return self.conv4_2(features), _face_logit(self.conv4_1(features), dim=1)
 
 
 class RNet(nn.Module):
@@ -75,8 +74,7 @@ class RNet(nn.Module):
         x = self.pool2(self.prelu2(self.conv2(x)))
         x = self.prelu3(self.conv3(x))
         x = self.prelu4(self.dense4(_flatten_wh(x)))
-        prob = self.dense5_1(x).softmax(dim=1)[:, 1]
-        return self.dense5_2(x), prob
+        return self.dense5_2(x), _face_logit(self.dense5_1(x), dim=1)
 
 
 class ONet(nn.Module):
@@ -111,5 +109,13 @@ class ONet(nn.Module):
         x = self.pool3(self.prelu3(self.conv3(x)))
         x = self.prelu4(self.conv4(x))
         x = self.prelu5(self.dense5(_flatten_wh(x)))
-        prob = self.dense6_1(x).softmax(dim=1)[:, 1]
-        return self.dense6_2(x), self.dense6_3(x), prob
+        return self.dense6_2(x), self.dense6_3(x), _face_logit(self.dense6_1(x), dim=1)
+
+
+def _face_logit(two_class: Tensor, dim: int) -> Tensor:
+    """Log-odds of "face" from (non-face, face) logits: ``softmax(...)[1] == sigmoid(this)``.
+
+    The nets return log-odds rather than probabilities because a probability that rounds to
+    1.0 in float32 has no gradient left for an attack to follow.
+    """
+    return two_class.select(dim, 1) - two_class.select(dim, 0)

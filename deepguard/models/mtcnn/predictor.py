@@ -39,22 +39,24 @@ ONET_SIZE = 48
 PNET_NMS_PER_SCALE = 0.5
 PNET_NMS_ACROSS_SCALES = 0.7
 RNET_NMS = 0.7
+#: log-odds given to padding slots: sigmoid(-30) is 0 for every practical purpose
+_NO_FACE = -30.0
 
 
 @dataclass
 class Stage:
     """Candidates of one cascade stage, flattened over the batch.
 
-    ``scores`` K (attached to the graph), ``boxes`` K×4 in input pixels and ``image`` K, the
-    index of the image in the batch each candidate belongs to.
+    ``logits`` K face log-odds (attached to the graph), ``boxes`` K×4 in input pixels and
+    ``image`` K, the index of the image in the batch each candidate belongs to.
     """
 
-    scores: Tensor
+    logits: Tensor
     boxes: Tensor
     image: Tensor
 
     def select(self, keep: Tensor) -> Stage:
-        return Stage(self.scores[keep], self.boxes[keep], self.image[keep])
+        return Stage(self.logits[keep], self.boxes[keep], self.image[keep])
 
 
 @dataclass
@@ -84,13 +86,14 @@ def level_size(height: int, width: int, scale: float) -> tuple[int, int]:
 
 
 def window_boxes(
-    offsets: Tensor, prob: Tensor, scale: float, threshold: float
+    offsets: Tensor, logit: Tensor, scale: float, threshold: float
 ) -> tuple[Stage, Tensor]:
     """P-Net windows above ``threshold`` at one level (after per-level NMS) and their offsets.
 
-    ``offsets`` N×4×h×w and ``prob`` N×h×w (detached). Windows are mapped back to the input
+    ``offsets`` N×4×h×w and ``logit`` N×h×w (detached). Windows are mapped back to the input
     with the reference's rounding.
     """
+    prob = logit.sigmoid()
     image, row, col = (prob >= threshold).nonzero(as_tuple=True)
     corner = torch.stack([col, row], dim=1).to(prob.dtype) * STRIDE
     top_left = torch.floor((corner + 1) / scale)
@@ -99,7 +102,7 @@ def window_boxes(
     scores = prob[image, row, col]
     keep = batched_nms(boxes, scores, image, PNET_NMS_PER_SCALE)
     deltas = offsets.permute(0, 2, 3, 1)[image, row, col]
-    return Stage(scores[keep], boxes[keep], image[keep]), deltas[keep]
+    return Stage(logit[image, row, col][keep], boxes[keep], image[keep]), deltas[keep]
 
 
 def calibrate_window(boxes: Tensor, offsets: Tensor) -> Tensor:
@@ -141,11 +144,11 @@ def _no_index(device: torch.device) -> Tensor:
     return torch.zeros(0, dtype=torch.long, device=device)
 
 
-def pad_per_image(values: Tensor, image: Tensor, batch_size: int) -> Tensor:
-    """Scatter K per-candidate values into N×A(×...) rows, zero-padded; differentiable."""
+def pad_per_image(values: Tensor, image: Tensor, batch_size: int, fill: float = 0.0) -> Tensor:
+    """Scatter K per-candidate values into N×A(×...) rows, padded with ``fill``; differentiable."""
     counts = torch.bincount(image, minlength=batch_size)
     width = int(counts.max()) if len(image) else 0
-    out = values.new_zeros((batch_size, width, *values.shape[1:]))
+    out = values.new_full((batch_size, width, *values.shape[1:]), fill)
     if len(image) == 0:
         return out
     order = torch.argsort(image, stable=True)
@@ -213,33 +216,33 @@ class MTCNN(FaceDetector):
         return (x.to(self.pnet.conv1.weight.dtype) - 127.5) / 128.0
 
     def proposals(self, xn: Tensor) -> tuple[list[Tensor], Stage]:
-        """P-Net face maps for every pyramid level, and the squared candidates they propose."""
+        """P-Net face log-odds for every pyramid level, and the squared candidates they propose."""
         height, width = xn.shape[-2:]
         maps, found, deltas = [], [], []
         for scale in self.scales(height, width):
             resized = F.interpolate(xn, size=level_size(height, width, scale), mode="area")
-            offsets, prob = self.pnet(resized)
-            maps.append(prob)
+            offsets, logit = self.pnet(resized)
+            maps.append(logit)
             with torch.no_grad():
-                stage, delta = window_boxes(offsets, prob, scale, self.thresholds[0])
+                stage, delta = window_boxes(offsets, logit, scale, self.thresholds[0])
             found.append(stage)
             deltas.append(delta)
         if not found:
             return maps, Stage(xn.new_zeros(0), xn.new_zeros(0, 4), _no_index(xn.device))
-        scores = torch.cat([s.scores for s in found])
+        logits = torch.cat([s.logits for s in found])
         boxes = torch.cat([s.boxes for s in found])
         image = torch.cat([s.image for s in found])
-        keep = batched_nms(boxes, scores, image, PNET_NMS_ACROSS_SCALES)
+        keep = batched_nms(boxes, logits.detach(), image, PNET_NMS_ACROSS_SCALES)
         boxes = square(calibrate_window(boxes[keep], torch.cat(deltas)[keep]))
-        return maps, Stage(scores[keep], boxes, image[keep])
+        return maps, Stage(logits[keep], boxes, image[keep])
 
     def refine(
         self, net: torch.nn.Module, xn: Tensor, candidates: Stage, size: int
     ) -> tuple[Stage, Tensor]:
         """Score ``size``×``size`` crops of the candidates with ``net`` in one batch.
 
-        Returns the candidates whose crop is non-empty, with ``net``'s face probabilities as
-        their scores, and ``net``'s box offsets.
+        Returns the candidates whose crop is non-empty, with ``net``'s face log-odds, and
+        ``net``'s box offsets.
         """
         regions, valid = crop_regions(candidates.boxes, xn.shape[-2], xn.shape[-1])
         candidates = candidates.select(valid)
@@ -256,11 +259,11 @@ class MTCNN(FaceDetector):
         maps, proposed = self.proposals(xn)
         rnet, offsets = self.refine(self.rnet, xn, proposed, RNET_SIZE)
         with torch.no_grad():
-            passed = rnet.scores > self.thresholds[1]
-            boxes, scores, image = rnet.boxes[passed], rnet.scores[passed], rnet.image[passed]
-            keep = batched_nms(boxes, scores, image, RNET_NMS)
+            passed = rnet.logits.sigmoid() > self.thresholds[1]
+            boxes, logits, image = rnet.boxes[passed], rnet.logits[passed], rnet.image[passed]
+            keep = batched_nms(boxes, logits, image, RNET_NMS)
             boxes = square(calibrate(boxes[keep], offsets[passed][keep]))
-            survivors = Stage(scores[keep], boxes, image[keep])
+            survivors = Stage(logits[keep], boxes, image[keep])
         onet, offsets = self.refine(self.onet, xn, survivors, ONET_SIZE)
         onet.boxes = calibrate(onet.boxes, offsets)
         return Cascade(maps, rnet, onet)
@@ -269,22 +272,32 @@ class MTCNN(FaceDetector):
         """O-Net scores and calibrated boxes of every O-Net candidate (zero-padded per image)."""
         onet = self.cascade(x).onet
         n = x.shape[0]
+        logits = pad_per_image(onet.logits, onet.image, n, fill=_NO_FACE)
         return DensePrediction(
-            scores=pad_per_image(onet.scores, onet.image, n),
+            scores=logits.sigmoid(),
             boxes=pad_per_image(onet.boxes, onet.image, n),
+            logits=logits,
         )
 
-    def score_maps(self, x: Tensor) -> list[Tensor]:
+    def logit_maps(self, x: Tensor) -> list[Tensor]:
         """[P-Net maps of all levels concatenated, R-Net on P-Net candidates, O-Net on R-Net
-        survivors], each N×A (R/O-Net rows zero-padded)."""
+        survivors], face log-odds, each N×A (R/O-Net rows padded with "no face")."""
         cascade = self.cascade(x)
         n = x.shape[0]
         pnet = [m.flatten(1) for m in cascade.pnet_maps]
         return [
             torch.cat(pnet, dim=1) if pnet else x.new_zeros((n, 0)),
-            pad_per_image(cascade.rnet.scores, cascade.rnet.image, n),
-            pad_per_image(cascade.onet.scores, cascade.onet.image, n),
+            pad_per_image(cascade.rnet.logits, cascade.rnet.image, n, fill=_NO_FACE),
+            pad_per_image(cascade.onet.logits, cascade.onet.image, n, fill=_NO_FACE),
         ]
+
+    def score_maps(self, x: Tensor) -> list[Tensor]:
+        """The probabilities of :meth:`logit_maps`."""
+        return [logits.sigmoid() for logits in self.logit_maps(x)]
+
+    def score_floors(self, fraction: float) -> list[float]:
+        """P-Net and R-Net only have to stay below their gates; O-Net decides."""
+        return [self.thresholds[0], self.thresholds[1], fraction * self.thresholds[2]]
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
         """P-Net's three PReLU activations on the first (finest) pyramid level."""

@@ -62,8 +62,11 @@ class RetinaFaceDetector(FaceDetector):
     def dense(self, x: Tensor) -> DensePrediction:
         height, width = x.shape[-2:]
         loc, logits, _ = self.net(bgr_minus_mean(x, self.mean))
-        scores = logits.softmax(dim=-1)[..., 1]
-        return DensePrediction(scores=scores, boxes=self.priors.decode(loc, height, width))
+        face_logits = logits[..., 1] - logits[..., 0]  # softmax(...)[1] == sigmoid(this)
+        scores = face_logits.sigmoid()
+        return DensePrediction(
+            scores=scores, boxes=self.priors.decode(loc, height, width), logits=face_logits
+        )
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
         c1, c2, c3 = self.net.body(bgr_minus_mean(x, self.mean))

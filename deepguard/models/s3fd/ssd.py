@@ -242,11 +242,21 @@ class SSDFaceDetector(FaceDetector):
     def dense(self, x: Tensor) -> DensePrediction:
         head = self.shots(x)[-1]
         priors = self.priors(x, head).to(head.loc.dtype)
-        scores = torch.softmax(head.logits, dim=-1)[..., 1]
-        return DensePrediction(scores=scores, boxes=decode_boxes(head.loc, priors))
+        face_logits = _face_logit(head.logits)
+        return DensePrediction(
+            scores=face_logits.sigmoid(), boxes=decode_boxes(head.loc, priors), logits=face_logits
+        )
+
+    def logit_maps(self, x: Tensor) -> list[Tensor]:
+        return [_face_logit(head.logits) for head in self.shots(x)]
 
     def score_maps(self, x: Tensor) -> list[Tensor]:
-        return [torch.softmax(head.logits, dim=-1)[..., 1] for head in self.shots(x)]
+        return [logits.sigmoid() for logits in self.logit_maps(x)]
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
         return vgg_taps(self.net.vgg, self.preprocess(x), self.feature_taps)
+
+
+def _face_logit(two_class: Tensor) -> Tensor:
+    """Face log-odds from (background, face) logits: ``softmax(...)[1] == sigmoid(this)``."""
+    return two_class[..., 1] - two_class[..., 0]

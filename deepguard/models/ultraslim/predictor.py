@@ -67,14 +67,15 @@ class UltraSlimDetector(FaceDetector):
         inputs = self._network_input(x)
         net_height, net_width = inputs.shape[-2:]
         loc, logits, _ = self.net(inputs)
-        scores = logits.softmax(dim=-1)[..., 1]
+        face_logits = logits[..., 1] - logits[..., 0]  # softmax(...)[1] == sigmoid(this)
+        scores = face_logits.sigmoid()
         boxes = self.priors.decode(loc, net_height, net_width)
         if (net_height, net_width) != (height, width):
             to_input = boxes.new_tensor(
                 [width / net_width, height / net_height, width / net_width, height / net_height]
             )
             boxes = boxes * to_input
-        return DensePrediction(scores=scores, boxes=boxes)
+        return DensePrediction(scores=scores, boxes=boxes, logits=face_logits)
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
         s8, s16, s32, _ = self.net.backbone(self._network_input(x))

@@ -16,7 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deepguard.models.base import DensePrediction, FaceDetector, read_state_dict
+from deepguard.models.base import (
+    DensePrediction,
+    FaceDetector,
+    log_odds_of_product,
+    read_state_dict,
+)
 from deepguard.models.yolo5face.net import (
     STRIDES,
     YOLO5Face,
@@ -40,20 +45,22 @@ def make_grid(height: int, width: int, device: torch.device) -> Tensor:
 
 
 def decode(raw: list[Tensor], anchor_grid: Tensor, grids: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Raw head outputs (per level N×3×H×W×16) to scores N×A and xyxy boxes N×A×4.
+    """Raw head outputs (per level N×3×H×W×16) to face log-odds N×A and xyxy boxes N×A×4.
 
     ``anchor_grid`` holds anchor sizes in pixels (levels×1×3×1×1×2, the checkpoint buffer);
     anchors are ordered level, anchor, row, column as upstream concatenates them.
     """
-    scores, boxes = [], []
+    logits, boxes = [], []
     for level, (y, grid, stride) in enumerate(zip(raw, grids, STRIDES, strict=True)):
         n = y.shape[0]
         centre = (y[..., 0:2].sigmoid() * 2 - 0.5 + grid) * stride
         size = (y[..., 2:4].sigmoid() * 2) ** 2 * anchor_grid[level]
         box = torch.cat((centre - size / 2, centre + size / 2), dim=-1)
-        scores.append((y[..., 4].sigmoid() * y[..., 15].sigmoid()).reshape(n, -1))
+        logits.append(
+            log_odds_of_product(F.logsigmoid(y[..., 4]), F.logsigmoid(y[..., 15])).reshape(n, -1)
+        )
         boxes.append(box.reshape(n, -1, 4))
-    return torch.cat(scores, dim=1), torch.cat(boxes, dim=1)
+    return torch.cat(logits, dim=1), torch.cat(boxes, dim=1)
 
 
 class YOLO5FaceDetector(FaceDetector):
@@ -111,7 +118,7 @@ class YOLO5FaceDetector(FaceDetector):
         inputs = self.preprocess(x)
         raw = self.net(inputs)
         grids = self._grids_for(*inputs.shape[-2:], inputs.device)
-        scores, boxes = decode(raw, self.net.detect.anchor_grid, grids)
+        logits, boxes = decode(raw, self.net.detect.anchor_grid, grids)
         net_h, net_w = self.net_size(height, width)
         if (net_h, net_w) != (height, width):  # back from the resized frame to the input's
             sx, sy = width / net_w, height / net_h
@@ -119,7 +126,7 @@ class YOLO5FaceDetector(FaceDetector):
         # upstream clips boxes to the image (scale_coords → clip_coords)
         limits = boxes.new_tensor([width, height, width, height])
         boxes = torch.minimum(boxes.clamp(min=0), limits)
-        return DensePrediction(scores=scores, boxes=boxes)
+        return DensePrediction(scores=logits.sigmoid(), boxes=boxes, logits=logits)
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
         """Backbone outputs at strides 8, 16 and 32, named by their checkpoint prefix."""

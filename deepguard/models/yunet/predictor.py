@@ -15,9 +15,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from deepguard.models.base import DensePrediction, FaceDetector, pad_to_multiple, rgb_to_bgr
+from deepguard.models.base import (
+    DensePrediction,
+    FaceDetector,
+    log_odds_of_product,
+    pad_to_multiple,
+    rgb_to_bgr,
+)
 from deepguard.models.yunet.net import OnnxGraph
 
 WEIGHT_FILE = "yunet_2026may.onnx"
@@ -32,7 +39,6 @@ FEATURE_TENSORS = {
 }
 
 #: sqrt(cls * obj) is clamped away from 0 so its gradient stays finite where both underflow.
-_MIN_SCORE_PRODUCT = 1e-12
 
 
 _HEAD_OUTPUTS = tuple(f"{kind}_{s}" for kind in ("cls", "obj", "bbox") for s in STRIDES)
@@ -54,6 +60,14 @@ class YuNet(FaceDetector):
         if missing:
             raise ValueError(f"not a YuNet graph: no tensor(s) named {sorted(missing)}")
         self.graph = graph
+        # cls/obj heads end in Sigmoid; the attack needs the log-odds just before it
+        self._before_sigmoid = {
+            node.output: node.inputs[0]
+            for node in graph.nodes
+            if node.op_type == "Sigmoid" and node.output.startswith(("cls_", "obj_"))
+        }
+        if len(self._before_sigmoid) != 2 * len(STRIDES):
+            raise ValueError("not a YuNet graph: cls/obj heads do not end in Sigmoid")
         self._grids: dict[tuple[int, int, torch.device], list[Tensor]] = {}
 
     @staticmethod
@@ -63,26 +77,31 @@ class YuNet(FaceDetector):
 
     def _run(self, x: Tensor, extra: tuple[str, ...] = ()) -> tuple[Tensor, dict[str, Tensor]]:
         padded = self.preprocess(x)
-        return padded, self.graph(padded, [*_HEAD_OUTPUTS, *extra])
+        wanted = [f"bbox_{s}" for s in STRIDES] + list(self._before_sigmoid.values())
+        return padded, self.graph(padded, [*wanted, *extra])
 
     def _decode(self, padded: Tensor, out: dict[str, Tensor]) -> DensePrediction:
+        """score = sqrt(sigmoid(cls) · sigmoid(obj)), kept as log-odds for the attack."""
         height, width = padded.shape[-2:]
         grids = self._grid(height, width, padded.device)
-        scores, boxes = [], []
+        logits, boxes = [], []
         for stride, grid in zip(STRIDES, grids, strict=True):
-            cls, obj = out[f"cls_{stride}"][..., 0], out[f"obj_{stride}"][..., 0]
-            scores.append((cls * obj).clamp(_MIN_SCORE_PRODUCT, 1.0).sqrt())
+            cls = out[self._before_sigmoid[f"cls_{stride}"]][..., 0]
+            obj = out[self._before_sigmoid[f"obj_{stride}"]][..., 0]
+            log_score = 0.5 * (F.logsigmoid(cls) + F.logsigmoid(obj))
+            logits.append(log_odds_of_product(log_score))
             boxes.append(decode_boxes(out[f"bbox_{stride}"], grid.to(padded.dtype), stride))
-        return DensePrediction(torch.cat(scores, dim=1), torch.cat(boxes, dim=1))
+        face_logits = torch.cat(logits, dim=1)
+        return DensePrediction(face_logits.sigmoid(), torch.cat(boxes, dim=1), face_logits)
 
     def dense(self, x: Tensor) -> DensePrediction:
         return self._decode(*self._run(x))
 
-    def score_maps_and_features(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+    def logit_maps_and_features(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
         """One pass through the graph for both (the graph has no modules to hook)."""
         padded, out = self._run(x, tuple(FEATURE_TENSORS.values()))
         features = {name: out[tensor] for name, tensor in FEATURE_TENSORS.items()}
-        return [self._decode(padded, out).scores], features
+        return [self._decode(padded, out).logits], features
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
         out = self.graph(self.preprocess(x), FEATURE_TENSORS.values())
