@@ -11,6 +11,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DEEPGUARD_SHARED_DIR", REPO_ROOT.parent / "shared"))
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# the product reads weights through its settings; point them at the shared folder by default
+os.environ.setdefault("DEEPGUARD_WEIGHTS_DIR", str(SHARED / "weights"))
 
 
 def _require(path: Path, what: str) -> Path:

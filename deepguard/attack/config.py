@@ -1,0 +1,112 @@
+"""Attack parameters and the presets that bundle them.
+
+Presets live in ``configs/presets/<name>.yaml``; every field can be overridden from the CLI or
+the API. Budgets (``epsilon``, ``step``) are in 8-bit pixel levels: ``epsilon: 8`` is 8/255.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deepguard.errors import DeepguardError
+
+
+class AttackConfig(BaseModel):
+    """Everything that decides what the FacePoison attack does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = "custom"
+    detectors: list[str] = Field(min_length=1)
+    detector_weights: dict[str, float] = Field(
+        default_factory=dict, description="relative weight per detector (default 1 each)"
+    )
+    epsilon: float = Field(8.0, gt=0, le=64, description="L∞ budget in pixel levels (of 255)")
+    step: float = Field(2.0, gt=0, description="sign-gradient step in pixel levels")
+    iterations: int = Field(10, ge=1, le=1000)
+    min_iterations: int = Field(2, ge=1, description="iterations before early stopping may end")
+    momentum: float = Field(0.0, ge=0, le=1, description="MI-FGSM momentum; 0 is plain I-FGSM")
+    random_start: float = Field(0.0, ge=0, le=1, description="uniform start, fraction of ε")
+    # losses
+    score_loss: bool = True
+    score_floor: float = Field(
+        0.3, gt=0, lt=1, description="push confidences below this fraction of the threshold"
+    )
+    feature_loss: bool = False
+    feature_weight: float = Field(1.0, ge=0)
+    feature_masks: int = Field(8, ge=1, description="dropout masks for feature importance")
+    feature_keep_prob: float = Field(0.9, gt=0, le=1)
+    # robustness (expectation over transformations)
+    eot: bool = True
+    eot_probability: float = Field(0.5, ge=0, le=1)
+    eot_jpeg_quality: tuple[int, int] = (70, 95)
+    eot_scale: tuple[float, float] = (0.8, 1.0)
+    # where to attack
+    scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    region_mode: bool = True
+    region_margin: float = Field(0.3, ge=0, description="margin around faces, in face sizes")
+    region_margin_min: float = Field(32, ge=0, description="margin around faces, at least, px")
+    view_min_size: int = Field(320, ge=32, description="smallest side of a detector view")
+    whole_fraction: float = Field(
+        0.5, gt=0, le=1, description="attack the whole frame once views cover this much of it"
+    )
+    view_context: float = Field(
+        0.25, ge=0, description="random extra context around each view, in view sizes"
+    )
+    region_threshold: float = Field(
+        0.8, gt=0, le=1, description="proposal threshold, as a fraction of each detector's"
+    )
+    # early stop, quality recovery, verify and repair on the encoded output
+    check_every: int = Field(2, ge=1, description="iterations between early-stop checks")
+    verify_margin: float = Field(
+        0.8, gt=0, le=1, description="hidden means every score below this fraction of threshold"
+    )
+    verify_recompress_quality: int | None = Field(
+        75, ge=10, le=100, description="also verify on a JPEG re-compression at this quality"
+    )
+    shrink_steps: int = Field(3, ge=0, description="bisection steps shrinking the perturbation")
+    repair_rounds: int = Field(3, ge=0)
+    repair_iterations: int = Field(5, ge=1)
+    output_jpeg_quality: int = Field(92, ge=50, le=100)
+    seed: int | None = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> AttackConfig:
+        if self.step > self.epsilon:
+            raise ValueError(f"step {self.step} is larger than epsilon {self.epsilon}")
+        return self
+
+    def with_overrides(self, **overrides: Any) -> AttackConfig:
+        """A copy with the given non-None fields replaced, validated again."""
+        changes = {key: value for key, value in overrides.items() if value is not None}
+        return parse_config({**self.model_dump(), **changes})
+
+
+def parse_config(data: dict[str, Any]) -> AttackConfig:
+    try:
+        return AttackConfig.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in error.errors()
+        )
+        raise DeepguardError(f"invalid attack settings: {problems}") from None
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("deepguard.configs").joinpath("presets")
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def load_preset(name: str, **overrides: Any) -> AttackConfig:
+    """The named preset from ``configs/presets``, with CLI/API overrides applied."""
+    if name not in preset_names():
+        raise DeepguardError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
+    text = resources.files("deepguard.configs").joinpath("presets", f"{name}.yaml").read_text()
+    config = parse_config({"preset": name, **yaml.safe_load(text)})
+    return config.with_overrides(**overrides)

@@ -1,0 +1,448 @@
+"""FacePoison: an ensemble, L∞-bounded, sign-gradient attack that hides faces from detectors.
+
+One core serves images and video: it takes a batch of frames (an image is a batch of one),
+an optional warm-start perturbation (the previous video frame's) and optional face windows
+(from the tracker), and returns the protected uint8 frames. Success is judged on what the
+user actually receives: the frames rounded to 8 bits, passed through the caller's codec
+round-trip (JPEG for photos, the video encoder for clips) and, optionally, re-compressed the
+way a sharing site would. While a face is still found and budget remains, it keeps iterating.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.ops import nms
+
+from deepguard.attack.config import AttackConfig
+from deepguard.attack.losses import FeatureImportance, score_suppression_loss
+from deepguard.attack.regions import Window, detector_views, face_windows, merge_windows
+from deepguard.attack.transforms import RandomTransform, quantize_uint8, resize
+from deepguard.models.base import Detections, FaceDetector
+from deepguard.models.registry import load_detectors
+
+log = logging.getLogger(__name__)
+
+#: a codec round-trip applied to the rounded output before verification (N×H×W×3 uint8)
+Roundtrip = Callable[[np.ndarray], np.ndarray]
+#: progress callback: (phase, done, total)
+Progress = Callable[[str, int, int], None]
+
+_TINY = 1e-12
+
+
+@dataclass
+class AttackResult:
+    """What one call of :meth:`FacePoison.protect` produced and what it cost."""
+
+    frames: np.ndarray  # N×H×W×3 uint8, the protected pixels
+    delta: Tensor  # N×3×H×W float, the perturbation before rounding (for warm starts)
+    faces_before: dict[str, list[int]]  # detector → faces per frame, clean input
+    faces_after: dict[str, list[int]]  # detector → faces per frame, delivered output
+    iterations: int = 0
+    passes: int = 0  # detector forward+backward passes
+    repair_rounds: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def hidden(self) -> bool:
+        return all(sum(counts) == 0 for counts in self.faces_after.values())
+
+
+@dataclass
+class _Run:
+    """The state of one ``protect`` call, shared by its phases."""
+
+    x: Tensor  # N×3×H×W float, the clean frames
+    frames: np.ndarray  # the clean frames as uint8
+    roundtrip: Roundtrip | None
+    windows: list[Window]  # where the perturbation may go
+    views: list[Window]  # what the detectors look at
+    mask: Tensor
+    delta: Tensor
+    momentum: Tensor
+    importance: dict[tuple, FeatureImportance]
+    transform: RandomTransform
+    rng: random.Random
+    progress: Progress | None
+    total_budget: int
+    iterations: int = 0
+    passes: int = 0
+
+
+def frames_to_tensor(frames: np.ndarray, device: torch.device | str) -> Tensor:
+    """N×H×W×3 uint8 RGB → N×3×H×W float 0..255."""
+    writable = np.require(frames, requirements=["C", "W"])  # copies only read-only input
+    return torch.from_numpy(writable).to(device).permute(0, 3, 1, 2).float()
+
+
+def tensor_to_frames(x: Tensor) -> np.ndarray:
+    return x.detach().round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def jpeg_roundtrip_uint8(frames: np.ndarray, quality: int) -> np.ndarray:
+    """Real (libjpeg) re-compression of N×H×W×3 uint8 frames, as a sharing site would do."""
+    out = []
+    for frame in frames:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, "JPEG", quality=quality)
+        out.append(np.asarray(Image.open(buffer).convert("RGB")))
+    return np.stack(out)
+
+
+class FacePoison:
+    """The attack, bound to an ensemble of loaded detectors."""
+
+    def __init__(
+        self,
+        config: AttackConfig,
+        detectors: Sequence[FaceDetector] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.detectors = list(detectors or load_detectors(config.detectors, str(self.device)))
+
+    # -- detection -------------------------------------------------------------------------
+
+    def detect(self, frames: np.ndarray, scale: float = 1.0) -> dict[str, list[Detections]]:
+        """Every ensemble detector's detections on uint8 frames, boxes in frame pixels."""
+        x = resize(frames_to_tensor(frames, self.device), scale)
+        found = {}
+        for detector in self.detectors:
+            detections = []
+            for frame in x:
+                (result,) = detector.detect_batch(frame.unsqueeze(0))
+                detections.append(Detections(result.boxes / scale, result.scores))
+            found[detector.name] = detections
+        return found
+
+    def count_faces(self, frames: np.ndarray) -> dict[str, list[int]]:
+        """Faces per frame for each detector, at every attacked scale (the max over scales)."""
+        counts: dict[str, list[int]] = {}
+        for scale in self.config.scales:
+            for name, detections in self.detect(frames, scale).items():
+                per_frame = [len(d) for d in detections]
+                previous = counts.get(name, [0] * len(per_frame))
+                counts[name] = [max(a, b) for a, b in zip(previous, per_frame, strict=True)]
+        return counts
+
+    def delivered(self, frames: np.ndarray, roundtrip: Roundtrip | None) -> list[np.ndarray]:
+        """The versions of the output a face-swap tool may get: as saved, and re-compressed."""
+        saved = roundtrip(frames) if roundtrip else frames
+        versions = [saved]
+        if self.config.verify_recompress_quality:
+            versions.append(jpeg_roundtrip_uint8(saved, self.config.verify_recompress_quality))
+        return versions
+
+    def verify(self, frames: np.ndarray, roundtrip: Roundtrip | None) -> dict[str, list[int]]:
+        """Faces still found on any delivered version of ``frames`` (per detector, per frame)."""
+        counts: dict[str, list[int]] = {}
+        for version in self.delivered(frames, roundtrip):
+            for name, per_frame in self.count_faces(version).items():
+                previous = counts.get(name, [0] * len(per_frame))
+                counts[name] = [max(a, b) for a, b in zip(previous, per_frame, strict=True)]
+        return counts
+
+    @torch.no_grad()
+    def propose_windows(self, x: Tensor) -> list[Window]:
+        """Windows around anything an ensemble detector scores near its threshold."""
+        windows: list[Window] = []
+        height, width = x.shape[-2:]
+        for scale in self.config.scales:
+            scaled = resize(x, scale)
+            for detector in self.detectors:
+                prediction = detector.dense(scaled)
+                for index in range(len(x)):
+                    scores = prediction.scores[index].float()
+                    keep = scores > detector.score_threshold * self.config.region_threshold
+                    boxes = prediction.boxes[index][keep].float()
+                    boxes = boxes[nms(boxes, scores[keep], 0.3)].cpu().numpy() / scale
+                    windows += face_windows(
+                        boxes,
+                        index,
+                        height,
+                        width,
+                        self.config.region_margin,
+                        self.config.region_margin_min,
+                    )
+        return merge_windows(windows)
+
+    # -- the attack ------------------------------------------------------------------------
+
+    def protect(
+        self,
+        frames: np.ndarray,
+        init_delta: Tensor | None = None,
+        windows: list[Window] | None = None,
+        iterations: int | None = None,
+        roundtrip: Roundtrip | None = None,
+        progress: Progress | None = None,
+    ) -> AttackResult:
+        """Protect N×H×W×3 uint8 RGB frames. See the module docstring."""
+        config = self.config
+        started = time.perf_counter()
+        seed = config.seed if config.seed is not None else random.randrange(2**31)
+        rng = random.Random(seed)
+        generator = torch.Generator().manual_seed(seed)
+        x = frames_to_tensor(frames, self.device)
+        timings: dict[str, float] = {}
+
+        tick = time.perf_counter()
+        faces_before = self.count_faces(frames)
+        if windows is None:
+            windows = self.propose_windows(x) if config.region_mode else self._whole(x)
+        timings["detect"] = time.perf_counter() - tick
+        if not windows:  # nothing any detector could see: nothing to hide
+            return AttackResult(frames.copy(), torch.zeros_like(x), faces_before, faces_before,
+                                timings=timings)  # fmt: skip
+
+        tick = time.perf_counter()
+        views = self._views(x, windows)
+        importance = self._importance(x, views, generator) if config.feature_loss else {}
+        timings["importance"] = time.perf_counter() - tick
+        budget = iterations or config.iterations
+        mask = self._mask(x, windows)
+        delta = self._initial_delta(x, init_delta, generator) * mask
+        run = _Run(
+            x=x,
+            frames=frames,
+            roundtrip=roundtrip,
+            windows=windows,
+            views=views,
+            mask=mask,
+            delta=delta,
+            momentum=torch.zeros_like(delta),
+            importance=importance,
+            transform=RandomTransform(
+                config.eot_jpeg_quality if config.eot else None,
+                config.eot_scale if config.eot else None,
+                config.eot_probability,
+                rng,
+            ),
+            rng=rng,
+            progress=progress,
+            total_budget=budget + config.repair_rounds * config.repair_iterations,
+        )
+
+        tick = time.perf_counter()
+        rounds = 0
+        while True:
+            self._iterate(run, budget)
+            if config.shrink_steps:
+                self._shrink(run)
+            out = self._finish(run, run.delta)
+            faces_after = self.verify(out, roundtrip)
+            if all(sum(c) == 0 for c in faces_after.values()) or rounds >= config.repair_rounds:
+                break
+            rounds += 1
+            budget = config.repair_iterations
+            log.info("faces still found after round %d: %s; repairing", rounds, faces_after)
+            self._widen(run, out)
+        timings["attack"] = time.perf_counter() - tick
+        timings["total"] = time.perf_counter() - started
+        return AttackResult(
+            frames=out,
+            delta=run.delta.detach(),
+            faces_before=faces_before,
+            faces_after=faces_after,
+            iterations=run.iterations,
+            passes=run.passes,
+            repair_rounds=rounds,
+            timings=timings,
+        )
+
+    def _iterate(self, run: _Run, budget: int) -> None:
+        """Up to ``budget`` sign-gradient steps; stops early once the delivery is clean."""
+        config = self.config
+        for step in range(1, budget + 1):
+            delta = run.delta.detach().requires_grad_(True)
+            adversarial = quantize_uint8(run.x + delta)
+            surrogate = adversarial.new_zeros(())
+            for scale in config.scales:
+                for window in run.views:
+                    context = self._with_context(window, run.x.shape[-2:], run.rng)
+                    view, _ = run.transform(resize(_crop(adversarial, context), scale))
+                    leaf = view.detach().requires_grad_(True)
+                    gradient = self._ensemble_gradient(leaf, window, run)
+                    if gradient is not None:  # chain the normalised gradient back to delta
+                        surrogate = surrogate + (view * gradient).sum()
+            run.iterations += 1
+            if run.progress:
+                run.progress("attack", run.iterations, run.total_budget)
+            if not surrogate.requires_grad:
+                break  # no detector sees anything to push down any more
+            surrogate.backward()
+            grad = delta.grad / (delta.grad.abs().mean() + _TINY)
+            run.momentum = config.momentum * run.momentum + grad
+            stepped = (run.delta - config.step * run.momentum.sign()).clamp(
+                -config.epsilon, config.epsilon
+            )
+            run.delta = ((run.x + stepped).clamp(0, 255) - run.x) * run.mask
+            checkpoint = step >= config.min_iterations and step % config.check_every == 0
+            if checkpoint and not self._visible_after_delivery(run, run.delta):
+                log.debug("hidden after delivery at iteration %d", run.iterations)
+                break
+
+    def _ensemble_gradient(self, view: Tensor, window: Window, run: _Run) -> Tensor | None:
+        """Sum of per-detector gradients, each normalised so no detector dominates."""
+        config = self.config
+        total: Tensor | None = None
+        for detector in self.detectors:
+            key = (detector.name, *_key(window))
+            importance = run.importance.get(key)
+            if importance is not None:
+                maps, features = detector.logit_maps_and_features(view)
+            else:
+                maps, features = detector.logit_maps(view), {}
+            terms = []
+            if config.score_loss:
+                score = score_suppression_loss(maps, detector.score_floors(config.score_floor))
+                excess = float(score.detach())
+                log.debug("%s %s: score loss %.3g", detector.name, window, excess)
+                if excess > 0:
+                    terms.append(score)
+            if importance is not None and features and terms:
+                terms.append(importance.loss(features) * config.feature_weight)
+            run.passes += 1
+            weight = config.detector_weights.get(detector.name, 1.0)
+            for term in terms:
+                (grad,) = torch.autograd.grad(term, view, retain_graph=term is not terms[-1])
+                grad = weight * grad / (grad.abs().mean() + _TINY)
+                total = grad if total is None else total + grad
+        return total
+
+    def _importance(
+        self, x: Tensor, views: list[Window], generator: torch.Generator
+    ) -> dict[tuple, FeatureImportance]:
+        importance = {}
+        for window in views:
+            for detector in self.detectors:
+                estimate = FeatureImportance.estimate(
+                    detector,
+                    _crop(x, window),
+                    self.config.feature_masks,
+                    self.config.feature_keep_prob,
+                    generator,
+                )
+                if estimate is not None:
+                    importance[(detector.name, *_key(window))] = estimate
+        return importance
+
+    # -- verification and quality recovery --------------------------------------------------
+
+    @torch.no_grad()
+    def _visible(self, x: Tensor, views: list[Window]) -> bool:
+        """Does any detector still score a view above ``verify_margin`` × its threshold?"""
+        for scale in self.config.scales:
+            for window in views:
+                view = resize(_crop(x, window), scale)
+                for detector in self.detectors:
+                    scores = detector.score_maps(view)[-1]
+                    highest = float(scores.max()) if scores.numel() else 0.0
+                    if highest >= self.config.verify_margin * detector.score_threshold:
+                        return True
+        return False
+
+    def _visible_after_delivery(self, run: _Run, delta: Tensor) -> bool:
+        out = self._finish(run, delta)
+        return any(
+            self._visible(frames_to_tensor(version, run.x.device), run.views)
+            for version in self.delivered(out, run.roundtrip)
+        )
+
+    def _shrink(self, run: _Run) -> None:
+        """Scale the perturbation down as far as delivery still hides every face.
+
+        Sign steps spend the whole budget; most of it is rarely needed. A few bisection steps
+        on the perturbation's scale buy back image quality for forward passes only.
+        """
+        if self._visible_after_delivery(run, run.delta):
+            return  # not hidden at full strength; repair will continue
+        low, high = 0.0, 1.0
+        for _ in range(self.config.shrink_steps):
+            middle = (low + high) / 2
+            if self._visible_after_delivery(run, run.delta * middle):
+                low = middle
+            else:
+                high = middle
+        log.debug("perturbation shrunk to %.2f of its size", high)
+        run.delta = run.delta * high
+
+    def _widen(self, run: _Run, out: np.ndarray) -> None:
+        """Also attack wherever the delivered output still shows a face."""
+        for version in self.delivered(out, run.roundtrip):
+            found = self.propose_windows(frames_to_tensor(version, run.x.device))
+            run.windows = merge_windows(run.windows + found)
+        run.mask = self._mask(run.x, run.windows)
+        run.views = self._views(run.x, run.windows)
+
+    def _finish(self, run: _Run, delta: Tensor) -> np.ndarray:
+        """Round to 8 bits; rounding may not push any pixel past ε, so clip exactly."""
+        out = tensor_to_frames(quantize_uint8(run.x + delta)).astype(np.int16)
+        bound = int(np.floor(self.config.epsilon))
+        clean = run.frames.astype(np.int16)
+        return np.clip(out, clean - bound, clean + bound).astype(np.uint8)
+
+    # -- small helpers ---------------------------------------------------------------------
+
+    def _views(self, x: Tensor, windows: list[Window]) -> list[Window]:
+        height, width = x.shape[-2:]
+        config = self.config
+        return detector_views(windows, height, width, config.view_min_size, config.whole_fraction)
+
+    def _with_context(self, window: Window, size: torch.Size, rng: random.Random) -> Window:
+        """``window`` grown by a random amount of surrounding context on each side.
+
+        Detectors judge a face partly by its surroundings; varying the context every iteration
+        makes a perturbation found on a view hold when the detector sees the whole frame.
+        """
+        height, width = size
+        grow_x = (window.x2 - window.x1) * self.config.view_context
+        grow_y = (window.y2 - window.y1) * self.config.view_context
+        return Window(
+            window.frame,
+            max(0, int(window.x1 - rng.uniform(0.5, 1.0) * grow_x)),
+            max(0, int(window.y1 - rng.uniform(0.5, 1.0) * grow_y)),
+            min(width, int(window.x2 + rng.uniform(0.5, 1.0) * grow_x)),
+            min(height, int(window.y2 + rng.uniform(0.5, 1.0) * grow_y)),
+        )
+
+    @staticmethod
+    def _whole(x: Tensor) -> list[Window]:
+        height, width = x.shape[-2:]
+        return [Window(i, 0, 0, width, height) for i in range(len(x))]
+
+    @staticmethod
+    def _mask(x: Tensor, windows: list[Window]) -> Tensor:
+        mask = torch.zeros(x.shape[0], 1, *x.shape[-2:], device=x.device)
+        for w in windows:
+            mask[w.frame, :, w.y1 : w.y2, w.x1 : w.x2] = 1
+        return mask
+
+    def _initial_delta(
+        self, x: Tensor, init_delta: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
+        epsilon = self.config.epsilon
+        if init_delta is not None:
+            return init_delta.to(x.device).clamp(-epsilon, epsilon)
+        start = self.config.random_start * epsilon
+        noise = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device) * start
+        return (x + noise).clamp(0, 255) - x
+
+
+def _crop(x: Tensor, window: Window) -> Tensor:
+    return x[window.frame : window.frame + 1, :, window.y1 : window.y2, window.x1 : window.x2]
+
+
+def _key(window: Window) -> tuple[int, int, int]:
+    return (window.frame, window.x1, window.y1)

@@ -1,0 +1,52 @@
+"""Image-quality and hiding measures reported to users and used by the evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import box_iou
+
+from deepguard.models.base import Detections
+
+
+def psnr(clean: np.ndarray, protected: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB over all pixels and channels (inf when identical)."""
+    error = np.mean((clean.astype(np.float64) - protected.astype(np.float64)) ** 2)
+    return math.inf if error == 0 else 10 * math.log10(255.0**2 / error)
+
+
+def _luma(image: np.ndarray) -> torch.Tensor:
+    rgb = torch.from_numpy(np.ascontiguousarray(image)).double()
+    luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    return luma[None, None]
+
+
+def ssim(clean: np.ndarray, protected: np.ndarray) -> float:
+    """Structural similarity on luma, Gaussian window 11×11, σ = 1.5 (Wang et al. 2004)."""
+    a, b = _luma(clean), _luma(protected)
+    coords = torch.arange(11, dtype=torch.float64) - 5
+    gauss = torch.exp(-(coords**2) / (2 * 1.5**2))
+    window = (gauss[:, None] * gauss[None, :] / gauss.sum() ** 2)[None, None]
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, window)
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    numerator = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    denominator = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    return float((numerator / denominator).mean())
+
+
+def faces_still_found(clean: Detections, protected: Detections, iou: float = 0.5) -> int:
+    """How many clean faces are matched by a detection on the protected image (IoU ≥ iou)."""
+    if len(clean) == 0 or len(protected) == 0:
+        return 0
+    overlaps = box_iou(torch.from_numpy(clean.boxes), torch.from_numpy(protected.boxes))
+    return int((overlaps.max(dim=1).values >= iou).sum())

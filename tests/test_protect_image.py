@@ -1,0 +1,192 @@
+"""Single-image protection end to end: real detectors, real images, real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepguard.attack.config import load_preset
+from deepguard.cli import main
+from deepguard.pipeline.protect import ProtectOptions, Protector
+
+#: a cheap attack for I/O tests: the point there is the file handling, not the hiding
+QUICK = {"detectors": ["yunet"], "iterations": 2, "repair_rounds": 0, "shrink_steps": 0}
+
+
+@pytest.fixture(scope="module")
+def quick() -> Protector:
+    return Protector(load_preset("balanced", **QUICK))
+
+
+@pytest.fixture
+def portrait(media_dir: Path) -> Image.Image:
+    """lp_s0, halved: a real face, small enough to keep tests fast."""
+    image = Image.open(media_dir / "lp_s0.jpg").convert("RGB")
+    return image.resize((image.width // 2, image.height // 2))
+
+
+@pytest.mark.parametrize("name", ["lp_s0.jpg", "lp_s42.jpg"])
+def test_hides_faces_from_the_ensemble(name: str, media_dir: Path, tmp_path: Path) -> None:
+    config = load_preset("balanced", detectors=["retinaface", "yunet"], iterations=10)
+    out = tmp_path / "out.png"
+    report = Protector(config).protect(media_dir / name, out)
+    for verdict in report["detectors"].values():
+        assert verdict["faces_before"] >= 1
+        assert verdict["faces_after"] == 0
+    assert report["hidden"] and report["psnr_db"] > 30
+
+
+def test_epsilon_is_never_exceeded_in_the_file(
+    quick: Protector, portrait: Image.Image, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.png"
+    portrait.save(source)
+    out = tmp_path / "out.png"
+    quick.protect(source, out)
+    change = np.abs(
+        np.asarray(Image.open(out), np.int16) - np.asarray(Image.open(source), np.int16)
+    )
+    assert change.max() <= quick.config.epsilon
+    assert change.max() > 0
+
+
+def test_same_seed_same_bytes(quick: Protector, portrait: Image.Image, tmp_path: Path) -> None:
+    source = tmp_path / "in.png"
+    portrait.save(source)
+    quick.protect(source, tmp_path / "a.png")
+    quick.protect(source, tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_exif_orientation_is_applied(
+    quick: Protector, portrait: Image.Image, tmp_path: Path
+) -> None:
+    # store the portrait lying on its side, with the EXIF tag that says "rotate to view"
+    sideways = portrait.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    source = tmp_path / "in.jpg"
+    sideways.save(source, quality=95, exif=exif.tobytes())
+    out = tmp_path / "out.jpg"
+    report = quick.protect(source, out)
+    assert Image.open(out).size == portrait.size  # upright, as a viewer shows it
+    assert report["detectors"]["yunet"]["faces_before"] == 1  # the face was seen upright
+    assert 0x0112 not in Image.open(out).getexif()
+
+
+def test_alpha_is_preserved(quick: Protector, portrait: Image.Image, tmp_path: Path) -> None:
+    alpha = np.zeros((portrait.height, portrait.width), np.uint8)
+    alpha[:, : portrait.width // 2] = 255
+    alpha[10:20] = 77
+    source = tmp_path / "in.png"
+    Image.fromarray(np.dstack([np.asarray(portrait), alpha]), "RGBA").save(source)
+    out = tmp_path / "out.png"
+    quick.protect(source, out)
+    result = Image.open(out)
+    assert result.mode == "RGBA"
+    assert np.array_equal(np.asarray(result)[:, :, 3], alpha)
+
+
+def _gps_exif() -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "Camera Maker"
+    exif[0x8825] = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)}
+    return exif.tobytes()
+
+
+def test_metadata_is_stripped_by_default(
+    quick: Protector, portrait: Image.Image, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.jpg"
+    portrait.save(source, quality=95, exif=_gps_exif())
+    assert Image.open(source).getexif().get_ifd(0x8825)
+    quick.protect(source, tmp_path / "stripped.jpg")
+    assert not Image.open(tmp_path / "stripped.jpg").getexif()
+    quick.protect(source, tmp_path / "kept.jpg", ProtectOptions(keep_metadata=True))
+    kept = Image.open(tmp_path / "kept.jpg").getexif()
+    assert kept.get_ifd(0x8825)[1] == "N"
+
+
+def _sixteen_bit_png(path: Path) -> None:
+    Image.fromarray(np.full((32, 32), 40000, np.uint16)).save(path)
+
+
+def _cmyk_jpeg(path: Path) -> None:
+    Image.new("CMYK", (32, 32), (10, 20, 30, 0)).save(path)
+
+
+def _not_an_image(path: Path) -> None:
+    path.write_text("this is a press release, not a photo")
+
+
+def _truncated_jpeg(path: Path, media_dir: Path) -> None:
+    data = (media_dir / "lp_s0.jpg").read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        ("deep.png", _sixteen_bit_png, "16-bit"),
+        ("print.jpg", _cmyk_jpeg, "CMYK"),
+        ("notes.jpg", _not_an_image, "not a readable image"),
+        ("cut.jpg", _truncated_jpeg, "truncated"),
+    ],
+)
+def test_refused_inputs_give_one_clear_line_and_no_output(
+    name: str,
+    make,
+    message: str,
+    tmp_path: Path,
+    media_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = tmp_path / name
+    if make is _truncated_jpeg:
+        make(source, media_dir)
+    else:
+        make(source)
+    out = tmp_path / "out" / name
+    code = main(["protect", str(source), "-o", str(out), "-q", "--detectors", "yunet"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in error and "\n" not in error and "Traceback" not in error
+    assert not out.exists() and not any(tmp_path.glob("out/*"))
+
+
+def test_decompression_bomb_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deepguard.settings import get_settings
+
+    source = tmp_path / "huge.png"
+    Image.new("RGB", (400, 300)).save(source)
+    monkeypatch.setenv("DEEPGUARD_MAX_IMAGE_PIXELS", "100000")
+    get_settings.cache_clear()
+    try:
+        code = main(["protect", str(source), "-q", "--detectors", "yunet"])
+    finally:
+        get_settings.cache_clear()
+    assert code == 2
+    assert "exceeds the limit" in capsys.readouterr().err
+
+
+def test_cli_folder_mode_writes_predictable_names_and_reports(
+    portrait: Image.Image, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    portrait.save(inbox / "a.jpg", quality=95)
+    portrait.save(inbox / "b.png")
+    args = ["protect", str(inbox), "-o", str(tmp_path / "out"), "--report", str(tmp_path / "r")]
+    args += ["-q", "--detectors", "yunet", "--iterations", "2"]
+    assert main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.jpg", "b.png"]
+    report = json.loads((tmp_path / "r" / "a.json").read_text())
+    for key in ("parameters", "weights", "detectors", "psnr_db", "ssim", "timings_s"):
+        assert key in report
+    assert report["weights"]["yunet_2026may.onnx"]
