@@ -137,6 +137,39 @@ def _protect(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from deepguard.attack.config import load_preset
+    from deepguard.models.registry import detector_specs, load_detector
+    from deepguard.models.store import WeightError
+    from deepguard.pipeline.evaluate import evaluate, format_table, pair_files, parse_recompress
+
+    quality = parse_recompress(args.recompress)
+    pairs = pair_files(Path(args.clean), Path(args.protected))
+    ensemble = set(_split(args.ensemble) or load_preset(args.preset).detectors)
+    names = _split(args.detectors) or [n for n, s in detector_specs().items() if s.shipped]
+    detectors = []
+    for name in names:
+        try:
+            detectors.append(load_detector(name, download=False))
+        except WeightError as error:
+            if args.detectors:
+                raise
+            print(f"skipping {name}: {error}", file=sys.stderr)
+    if not detectors:
+        raise DeepguardError("no detector weights available; set DEEPGUARD_WEIGHTS_DIR")
+    evaluation = evaluate(pairs, detectors, quality)
+    if quality:
+        print(f"outputs re-compressed as JPEG quality {quality} before detection")
+    print(format_table(evaluation, ensemble))
+    return 0
+
+
+def _split(value: str | None) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()] if value else []
+
+
 class _ProgressBar:
     """A tqdm bar on stderr fed by the attack's (phase, done, total) callback."""
 
@@ -211,6 +244,29 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     _add_attack_options(protect)
     protect.set_defaults(handler=_protect)
+
+    evaluation = commands.add_parser(
+        "eval",
+        help="measure how many faces each detector still finds on protected images",
+        description="Compare clean and protected images (two files, or two folders matched by "
+        "name): faces found on the clean input, faces still found on the output (IoU >= 0.5), "
+        "hide rate, PSNR and SSIM. Detectors outside the attack ensemble are listed as transfer.",
+    )
+    evaluation.add_argument("clean", metavar="CLEAN", help="clean image or folder")
+    evaluation.add_argument("protected", metavar="OUT", help="protected image or folder")
+    evaluation.add_argument(
+        "--recompress", metavar="jpeg:Q", help="re-encode outputs first, e.g. jpeg:75"
+    )
+    evaluation.add_argument(
+        "--detectors", help="comma-separated detectors to evaluate (default: all with weights)"
+    )
+    evaluation.add_argument(
+        "--ensemble", help="detectors the attack used (default: the preset's ensemble)"
+    )
+    evaluation.add_argument(
+        "--preset", default="balanced", help="preset whose ensemble is assumed (default balanced)"
+    )
+    evaluation.set_defaults(handler=_eval)
 
     models = commands.add_parser(
         "models",

@@ -19,7 +19,7 @@ def psnr(clean: np.ndarray, protected: np.ndarray) -> float:
 
 
 def _luma(image: np.ndarray) -> torch.Tensor:
-    rgb = torch.from_numpy(np.ascontiguousarray(image)).double()
+    rgb = torch.from_numpy(np.asarray(image, dtype=np.float64))
     luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
     return luma[None, None]
 
