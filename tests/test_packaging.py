@@ -16,7 +16,7 @@ def test_every_package_folder_is_listed() -> None:
         ".".join(path.parent.relative_to(ROOT).parts)
         for path in (ROOT / "deepguard").rglob("__init__.py")
     }
-    assert found | {"deepguard.configs"} == listed
+    assert found | {"deepguard.configs", "deepguard.configs.presets"} == listed
 
 
 def test_cli_help_lists_the_subcommands(capsys) -> None:

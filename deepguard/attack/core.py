@@ -341,37 +341,47 @@ class FacePoison:
     # -- verification and quality recovery --------------------------------------------------
 
     @torch.no_grad()
-    def _visible(self, x: Tensor, views: list[Window]) -> bool:
+    def _visible(
+        self, x: Tensor, views: list[Window], detectors: Sequence[FaceDetector] | None = None
+    ) -> bool:
         """Does any detector still score a view above ``verify_margin`` × its threshold?"""
         for scale in self.config.scales:
             for window in views:
                 view = resize(_crop(x, window), scale)
-                for detector in self.detectors:
+                for detector in detectors if detectors is not None else self.detectors:
                     scores = detector.score_maps(view)[-1]
                     highest = float(scores.max()) if scores.numel() else 0.0
                     if highest >= self.config.verify_margin * detector.score_threshold:
                         return True
         return False
 
-    def _visible_after_delivery(self, run: _Run, delta: Tensor) -> bool:
+    def _visible_after_delivery(
+        self, run: _Run, delta: Tensor, detectors: Sequence[FaceDetector] | None = None
+    ) -> bool:
         out = self._finish(run, delta)
         return any(
-            self._visible(frames_to_tensor(version, run.x.device), run.views)
+            self._visible(frames_to_tensor(version, run.x.device), run.views, detectors)
             for version in self.delivered(out, run.roundtrip)
         )
 
     def _shrink(self, run: _Run) -> None:
-        """Scale the perturbation down as far as delivery still hides every face.
+        """Scale the perturbation down as far as delivery still hides what it hides now.
 
         Sign steps spend the whole budget; most of it is rarely needed. A few bisection steps
-        on the perturbation's scale buy back image quality for forward passes only.
+        on the perturbation's scale buy back image quality for forward passes only. Detectors
+        that still see a face at full strength do not hold the others' quality hostage.
         """
-        if self._visible_after_delivery(run, run.delta):
-            return  # not hidden at full strength; repair will continue
+        out = self._finish(run, run.delta)
+        versions = [frames_to_tensor(v, run.x.device) for v in self.delivered(out, run.roundtrip)]
+        hidden = [
+            d for d in self.detectors if not any(self._visible(v, run.views, [d]) for v in versions)
+        ]
+        if not hidden:
+            return
         low, high = 0.0, 1.0
         for _ in range(self.config.shrink_steps):
             middle = (low + high) / 2
-            if self._visible_after_delivery(run, run.delta * middle):
+            if self._visible_after_delivery(run, run.delta * middle, hidden):
                 low = middle
             else:
                 high = middle

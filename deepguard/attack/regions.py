@@ -94,17 +94,9 @@ def detector_views(
     """
     grown = []
     for window in windows:
-        pad_x = max(0, min_size - (window.x2 - window.x1)) / 2
-        pad_y = max(0, min_size - (window.y2 - window.y1)) / 2
-        grown.append(
-            Window(
-                window.frame,
-                int(max(0, window.x1 - pad_x)),
-                int(max(0, window.y1 - pad_y)),
-                int(min(width, window.x2 + pad_x)),
-                int(min(height, window.y2 + pad_y)),
-            )
-        )
+        x1, x2 = _span(window.x1, window.x2, min_size, width)
+        y1, y2 = _span(window.y1, window.y2, min_size, height)
+        grown.append(Window(window.frame, x1, y1, x2, y2))
     views = []
     for frame in sorted({w.frame for w in grown}):
         merged = merge_windows([w for w in grown if w.frame == frame])
@@ -112,3 +104,11 @@ def detector_views(
             merged = [Window(frame, 0, 0, width, height)]
         views += merged
     return views
+
+
+def _span(start: int, stop: int, min_size: int, limit: int) -> tuple[int, int]:
+    """``[start, stop)`` widened to ``min_size`` around its centre, shifted to fit ``limit``."""
+    size = min(max(stop - start, min_size), limit)
+    begin = (start + stop - size) // 2
+    begin = min(max(begin, 0), limit - size)
+    return begin, begin + size

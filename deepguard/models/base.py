@@ -165,7 +165,7 @@ def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> Te
     """H×W×3 uint8 RGB array to a 1×3×H×W float tensor in 0..255."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an H×W×3 RGB image, got shape {image.shape}")
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+    tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(device)
     return tensor.permute(2, 0, 1).unsqueeze(0).float()
 
 

@@ -17,33 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deepguard.models.retinaface.net import conv_bn, conv_dw
+
 Variant = Literal["slim", "rfb"]
 
 #: priors per cell at the four detection sources (sizes 10/16/24, 32/48, 64/96, 128/192/256)
 ANCHORS_PER_CELL = (3, 2, 2, 3)
 #: channels of the four detection sources
 SOURCE_CHANNELS = (64, 128, 256, 256)
-
-
-def conv_bn(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    """3×3 conv (no bias) → BatchNorm → ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
-    )
-
-
-def conv_dw(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    """Depthwise 3×3 → BN → ReLU → pointwise 1×1 → BN → ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, in_channels, 3, stride, 1, groups=in_channels, bias=False),
-        nn.BatchNorm2d(in_channels),
-        nn.ReLU(),
-        nn.Conv2d(in_channels, out_channels, 1, 1, 0, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
-    )
 
 
 def separable_conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:

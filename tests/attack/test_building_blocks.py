@@ -1,0 +1,83 @@
+"""The attack's building blocks, each against an independent reference."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deepguard.attack.config import load_preset, preset_names
+from deepguard.attack.losses import score_suppression_loss
+from deepguard.attack.metrics import psnr, ssim
+from deepguard.attack.regions import Window, detector_views, face_windows, merge_windows
+from deepguard.attack.transforms import jpeg_roundtrip, quantize_uint8
+from deepguard.errors import DeepguardError
+from tests.conftest import read_rgb
+
+
+def test_simulated_jpeg_tracks_libjpeg(media_dir) -> None:
+    image = read_rgb(media_dir / "lp_s0.jpg")[:200, :248]
+    x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float()
+    for quality in (60, 90):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+        real = np.asarray(Image.open(buffer), np.float64)
+        simulated = jpeg_roundtrip(x, quality)[0].permute(1, 2, 0).numpy()
+        # much closer to libjpeg's output than the uncompressed input is
+        assert np.abs(simulated - real).mean() < 0.6 * np.abs(image - real).mean() + 0.5
+
+
+def test_rounding_passes_gradients_straight_through() -> None:
+    x = torch.tensor([0.4, 1.6, 254.7, 300.0], requires_grad=True)
+    y = quantize_uint8(x)
+    assert y.tolist() == [0.0, 2.0, 255.0, 255.0]
+    y.sum().backward()
+    assert x.grad is not None and x.grad.tolist()[:3] == [1.0, 1.0, 1.0]
+
+
+def test_score_loss_counts_only_confidences_above_the_floor() -> None:
+    floor = 0.2
+    logits = torch.tensor([[math.log(0.1 / 0.9), 0.0, 5.0]], requires_grad=True)
+    loss = score_suppression_loss([logits], [floor])
+    margin = math.log(floor / (1 - floor))
+    assert loss.item() == pytest.approx((0.0 - margin) + (5.0 - margin))
+    loss.backward()
+    assert logits.grad.tolist() == [[0.0, 1.0, 1.0]]
+
+
+def test_windows_merge_and_views_grow() -> None:
+    boxes = np.array([[10, 10, 30, 30], [35, 12, 55, 32], [300, 300, 320, 320]], np.float32)
+    windows = face_windows(boxes, 0, 400, 400, margin=0.3, min_margin=8)
+    assert len(windows) == 2  # the two nearby faces merged
+    assert merge_windows(windows) == windows
+    views = detector_views(windows, 400, 400, min_size=128, whole_fraction=0.9)
+    assert all(v.x2 - v.x1 >= 128 and v.y2 - v.y1 >= 128 for v in views)
+    whole = detector_views(windows, 400, 400, min_size=300, whole_fraction=0.5)
+    assert whole == [Window(0, 0, 0, 400, 400)]
+
+
+def test_quality_metrics_match_their_definitions() -> None:
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    noisy = np.clip(clean.astype(int) + rng.choice([-2, 2], clean.shape), 0, 255).astype(np.uint8)
+    mse = np.mean((clean.astype(float) - noisy) ** 2)
+    assert psnr(clean, noisy) == pytest.approx(10 * math.log10(255**2 / mse))
+    assert psnr(clean, clean) == math.inf
+    assert ssim(clean, clean) == pytest.approx(1.0)
+    assert 0.9 < ssim(clean, noisy) < 1.0
+
+
+def test_presets_load_and_overrides_are_validated() -> None:
+    assert set(preset_names()) == {"balanced", "strong", "small-faces"}
+    balanced = load_preset("balanced")
+    assert {"retinaface", "mtcnn", "yunet"} <= set(balanced.detectors)
+    custom = load_preset("balanced", epsilon=4, iterations=3, detectors=["yunet"])
+    assert (custom.epsilon, custom.iterations, custom.detectors) == (4, 3, ["yunet"])
+    with pytest.raises(DeepguardError, match="step"):
+        load_preset("balanced", epsilon=1, step=2)
+    with pytest.raises(DeepguardError, match="unknown preset"):
+        load_preset("gentle")
