@@ -13,7 +13,6 @@ import hashlib
 import http.client
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -22,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from deepguard.errors import DeepguardError
+from deepguard.fileio import temporary_beside
 from deepguard.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,7 @@ class WeightStore:
             raise WeightError(f"cannot create weight cache {cache}: {error.strerror}") from None
         target = cache / file.name
         log.info("downloading %s from %s", file.name, url)
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".part", dir=cache)
-        tmp = Path(tmp_name)
+        handle, tmp = temporary_beside(target)
         try:
             digest = hashlib.sha256()
             with os.fdopen(handle, "wb") as out:

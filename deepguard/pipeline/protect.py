@@ -12,10 +12,10 @@ from typing import Any
 from deepguard import __version__
 from deepguard.attack.config import AttackConfig
 from deepguard.attack.metrics import psnr, ssim
+from deepguard.fileio import write_atomically
 from deepguard.models.registry import get_spec
 from deepguard.settings import Settings, get_settings
 from deepguard.stages.decode import open_source
-from deepguard.stages.image_io import write_atomically
 from deepguard.stages.poison import PoisonStage
 from deepguard.stages.remux import ImageSink
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from deepguard.errors import InputError
+from deepguard.fileio import write_atomically
 from deepguard.stages.image_io import (
     StillImage,
     decode_rgb,
     encode_image,
     output_format,
-    write_atomically,
 )
 
 
