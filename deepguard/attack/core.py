@@ -131,9 +131,7 @@ class FacePoison:
         counts: dict[str, list[int]] = {}
         for scale in self.config.scales:
             for name, detections in self.detect(frames, scale).items():
-                per_frame = [len(d) for d in detections]
-                previous = counts.get(name, [0] * len(per_frame))
-                counts[name] = [max(a, b) for a, b in zip(previous, per_frame, strict=True)]
+                _keep_most(counts, name, [len(d) for d in detections])
         return counts
 
     def delivered(self, frames: np.ndarray, roundtrip: Roundtrip | None) -> list[np.ndarray]:
@@ -149,8 +147,7 @@ class FacePoison:
         counts: dict[str, list[int]] = {}
         for version in self.delivered(frames, roundtrip):
             for name, per_frame in self.count_faces(version).items():
-                previous = counts.get(name, [0] * len(per_frame))
-                counts[name] = [max(a, b) for a, b in zip(previous, per_frame, strict=True)]
+                _keep_most(counts, name, per_frame)
         return counts
 
     @torch.no_grad()
@@ -456,3 +453,9 @@ def _crop(x: Tensor, window: Window) -> Tensor:
 
 def _key(window: Window) -> tuple[int, int, int]:
     return (window.frame, window.x1, window.y1)
+
+
+def _keep_most(counts: dict[str, list[int]], name: str, per_frame: list[int]) -> None:
+    """Per frame, the most faces ``name`` found in any of the views counted so far."""
+    previous = counts.get(name, [0] * len(per_frame))
+    counts[name] = [max(a, b) for a, b in zip(previous, per_frame, strict=True)]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deepguard import __version__
 from deepguard.attack.config import AttackConfig
+from deepguard.attack.core import Progress
 from deepguard.attack.metrics import psnr, ssim
 from deepguard.fileio import write_atomically
 from deepguard.models.registry import get_spec
@@ -18,8 +18,6 @@ from deepguard.settings import Settings, get_settings
 from deepguard.stages.decode import open_source
 from deepguard.stages.poison import PoisonStage
 from deepguard.stages.remux import ImageSink
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -59,9 +57,9 @@ class Protector:
         (chunk,) = source.chunks()
         result = self.poison.process(chunk.frames, roundtrip=sink.roundtrip, progress=progress)
         poisoned = time.perf_counter()
-        sink.write(result.frames)
+        protected = sink.write(result.frames)
         written = time.perf_counter()
-        clean, protected = chunk.frames[0], sink.roundtrip(result.frames)[0]
+        clean = chunk.frames[0]
         report = {
             "deepguard": __version__,
             "input": str(source_path),

@@ -33,10 +33,6 @@ class ImageSource:
         self.path = path
         self.still: StillImage = read_image(path, max_pixels)
 
-    @property
-    def frame_count(self) -> int:
-        return 1
-
     def chunks(self) -> Iterator[Chunk]:
         yield Chunk(0, self.still.rgb[None])
 

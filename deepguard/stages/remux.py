@@ -41,5 +41,8 @@ class ImageSink:
             return frames
         return np.stack([decode_rgb(self._encode(frame)) for frame in frames])
 
-    def write(self, frames: np.ndarray) -> None:
-        write_atomically(self.path, self._encode(frames[0]))
+    def write(self, frames: np.ndarray) -> np.ndarray:
+        """Save the frame; returns what a viewer decodes from the file that was written."""
+        data = self._encode(frames[0])
+        write_atomically(self.path, data)
+        return decode_rgb(data) if self.format == "JPEG" else frames[0]
