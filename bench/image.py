@@ -49,7 +49,7 @@ def main() -> None:
     Image.fromarray(frame).save(tmp, quality=95)
     sink = ImageSink(tmp.with_suffix(".out.jpg"), read_image(tmp, 10**9), 92, False)
     start = time.perf_counter()
-    result = stage.process(frame[None], roundtrip=sink.roundtrip)
+    result = stage.protect_frames(frame[None], roundtrip=sink.roundtrip)
     elapsed = time.perf_counter() - start
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 1920×1080 "
           f"({args.image} resized), preset {args.preset}")  # fmt: skip

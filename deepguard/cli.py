@@ -88,15 +88,17 @@ def _protect(args: argparse.Namespace) -> int:
     from deepguard.models.registry import get_spec
     from deepguard.pipeline.protect import ProtectOptions, Protector, default_output
     from deepguard.stages.image_io import IMAGE_SUFFIXES
+    from deepguard.stages.video_io import VIDEO_SUFFIXES
 
     config = _attack_config(args)
     for name in config.detectors:
         get_spec(name)
     source = Path(args.input)
     if source.is_dir():
-        inputs = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+        inputs = sorted(p for p in source.iterdir() if p.suffix.lower() in suffixes)
         if not inputs:
-            raise DeepguardError(f"{source}: no JPEG, PNG or WebP files to protect")
+            raise DeepguardError(f"{source}: no JPEG, PNG, WebP, MP4 or MOV files to protect")
         out_dir = Path(args.output) if args.output else source / "protected"
         jobs = [(path, out_dir / path.name) for path in inputs]
         reports = Path(args.report) if args.report else None
@@ -126,15 +128,21 @@ def _protect(args: argparse.Namespace) -> int:
             if bar:
                 bar.close()
         if not args.quiet:
-            verdict = ", ".join(
-                f"{name} {d['faces_before']}→{d['faces_after']}"
-                for name, d in report["detectors"].items()
-            )
-            print(
-                f"{output}: {verdict}; PSNR {report['psnr_db']} dB; "
-                f"{report['timings_s']['total']:.1f} s"
-            )
+            print(_verdict(output, report))
     return 1 if failures else 0
+
+
+def _verdict(output, report: dict) -> str:
+    """One line per protected file: faces each detector found before → after, and quality."""
+    summary = report.get("summary", report)
+    verdict = ", ".join(
+        f"{name} {d['faces_before']}→{d['faces_after']}" for name, d in summary["detectors"].items()
+    )
+    seconds = summary["seconds"] if "seconds" in summary else report["timings_s"]["total"]
+    line = f"{output}: {verdict}; PSNR {summary['psnr_db']} dB; {seconds:.1f} s"
+    if report["kind"] == "video":
+        line += f"; flicker {summary['flicker']}; {summary['realtime_factor']}× real time"
+    return line
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -171,21 +179,28 @@ def _split(value: str | None) -> list[str]:
 
 
 class _ProgressBar:
-    """A tqdm bar on stderr fed by the attack's (phase, done, total) callback."""
+    """tqdm bars on stderr fed by a (phase, done, total) callback: one bar per phase, so a
+    video shows frames done, frames per second and ETA for every pipeline stage."""
 
     def __init__(self, label: str) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(desc=label, unit="it", file=sys.stderr, leave=False)
+        self.label = label
+        self.bars: dict = {}
 
     def update(self, phase: str, done: int, total: int) -> None:
-        self.bar.total = total
-        self.bar.set_postfix_str(phase)
-        self.bar.n = done
-        self.bar.refresh()
+        from tqdm import tqdm
+
+        bar = self.bars.get(phase)
+        if bar is None:
+            unit = "it" if phase == "attack" else "frame"
+            bar = tqdm(desc=f"{self.label} {phase:>8}", unit=unit, file=sys.stderr,
+                       leave=False, position=len(self.bars))  # fmt: skip
+            self.bars[phase] = bar
+        bar.total = total or None
+        bar.update(done - bar.n)
 
     def close(self) -> None:
-        self.bar.close()
+        for bar in self.bars.values():
+            bar.close()
 
 
 def _progress_bar(label: str, quiet: bool) -> _ProgressBar | None:

@@ -15,6 +15,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from deepguard.errors import DeepguardError
 
 
+class VideoConfig(BaseModel):
+    """How a clip is protected beyond the per-frame attack: tracking, warm starts, smoothing
+    and the output encoder. Lives in the preset so one file describes a whole run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    track_detector: str = Field("yunet", description="fast detector that feeds the tracker")
+    chunk_size: int = Field(16, ge=1, le=256, description="frames per unit of work")
+    refine_iterations: int = Field(
+        4, ge=1, description="iterations on a warm-started frame that is not yet hidden"
+    )
+    batch_size: int | None = Field(
+        None, ge=1, description="frames attacked together; default 1 on CPU, 8 on GPU"
+    )
+    smoothing: float = Field(
+        0.5, ge=0, lt=1, description="weight of the previous frame's perturbation (0: off)"
+    )
+    verify_recompress: bool = Field(
+        False, description="also verify on a JPEG re-compression of each frame (slower)"
+    )
+    crf: int = Field(17, ge=0, le=51, description="libx264 constant rate factor")
+    x264_preset: str = Field("medium", description="libx264 speed/size preset")
+
+
 class AttackConfig(BaseModel):
     """Everything that decides what the FacePoison attack does."""
 
@@ -73,12 +97,20 @@ class AttackConfig(BaseModel):
     repair_iterations: int = Field(5, ge=1)
     output_jpeg_quality: int = Field(92, ge=50, le=100)
     seed: int | None = 0
+    video: VideoConfig = Field(default_factory=VideoConfig)
 
     @model_validator(mode="after")
     def _check(self) -> AttackConfig:
         if self.step > self.epsilon:
             raise ValueError(f"step {self.step} is larger than epsilon {self.epsilon}")
         return self
+
+    def for_video(self) -> AttackConfig:
+        """The per-frame attack settings for a clip: its delivery is the H.264 file, which
+        the caller's round-trip models, so the photo-sharing JPEG check is optional."""
+        if self.video.verify_recompress:
+            return self
+        return self.model_copy(update={"verify_recompress_quality": None})
 
     def with_overrides(self, **overrides: Any) -> AttackConfig:
         """A copy with the given non-None fields replaced, validated again."""

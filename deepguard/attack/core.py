@@ -233,9 +233,13 @@ class FacePoison:
 
         tick = time.perf_counter()
         rounds = 0
+        # a warm start (the previous video frame's perturbation) often hides the face already
+        skip_first = init_delta is not None and not self._visible_after_delivery(run, run.delta)
         while True:
-            self._iterate(run, budget)
-            if config.shrink_steps:
+            before = run.iterations
+            if rounds or not skip_first:
+                self._iterate(run, budget)
+            if config.shrink_steps and run.iterations > before:  # shrink what steps inflated
                 self._shrink(run)
             out = self._finish(run, run.delta)
             faces_after = self.verify(out, roundtrip)

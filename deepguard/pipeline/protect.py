@@ -1,4 +1,8 @@
-"""Protect one file end to end: decode → poison → remux, plus the JSON processing report."""
+"""Protect one file end to end, plus the JSON processing report.
+
+An image runs decode → poison → remux in this process; a video runs the same stages (with
+tracking, scene cuts and smoothing) as Ray actors, see :mod:`deepguard.pipeline.video`.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from deepguard.settings import Settings, get_settings
 from deepguard.stages.decode import open_source
 from deepguard.stages.poison import PoisonStage
 from deepguard.stages.remux import ImageSink
+from deepguard.stages.video_io import VIDEO_SUFFIXES
 
 
 @dataclass
@@ -37,7 +42,14 @@ class Protector:
     def __init__(self, config: AttackConfig, settings: Settings | None = None) -> None:
         self.config = config
         self.settings = settings or get_settings()
-        self.poison = PoisonStage(config, device=self.settings.resolved_device())
+        self._poison: PoisonStage | None = None
+
+    @property
+    def poison(self) -> PoisonStage:
+        """The in-process ensemble for images, loaded on first use (videos use Ray actors)."""
+        if self._poison is None:
+            self._poison = PoisonStage(self.config, device=self.settings.resolved_device())
+        return self._poison
 
     def protect(
         self,
@@ -48,6 +60,11 @@ class Protector:
     ) -> dict[str, Any]:
         """Protect ``source_path`` into ``output_path``; returns the processing report."""
         options = options or ProtectOptions()
+        if source_path.suffix.lower() in VIDEO_SUFFIXES:
+            from deepguard.pipeline.video import VideoProtector  # imports Ray: only for video
+
+            video = VideoProtector(self.config, self.settings)
+            return video.protect(source_path, output_path, options.report_path, progress)
         started = time.perf_counter()
         source = open_source(source_path, self.settings.max_image_pixels)
         sink = ImageSink(
@@ -55,7 +72,9 @@ class Protector:
         )
         decoded = time.perf_counter()
         (chunk,) = source.chunks()
-        result = self.poison.process(chunk.frames, roundtrip=sink.roundtrip, progress=progress)
+        result = self.poison.protect_frames(
+            chunk.frames, roundtrip=sink.roundtrip, progress=progress
+        )
         poisoned = time.perf_counter()
         protected = sink.write(result.frames)
         written = time.perf_counter()

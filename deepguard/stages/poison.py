@@ -1,6 +1,13 @@
-"""The poison stage: run the FacePoison attack core on a chunk of frames."""
+"""The poison stage: run the FacePoison attack core on the frames of a chunk.
+
+An image is one key frame. In a clip, the first frame of a chunk and of every scene gets the
+full attack; every other frame starts from the previous frame's perturbation, carried along
+with each tracked face, and only gets refinement iterations if that start no longer hides it.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -8,16 +15,26 @@ import torch
 from deepguard.attack.config import AttackConfig
 from deepguard.attack.core import AttackResult, FacePoison, Progress, Roundtrip
 from deepguard.attack.regions import Window
+from deepguard.stages.carry import carry_delta, track_windows
+from deepguard.stages.chunk import Chunk, FrameTracks
 
 
 class PoisonStage:
     """Holds the loaded ensemble so every chunk reuses it (loading weights is slow)."""
 
-    def __init__(self, config: AttackConfig, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        config: AttackConfig,
+        device: str = "cpu",
+        roundtrip: Roundtrip | None = None,
+        batch_size: int | None = None,
+    ) -> None:
         self.config = config
         self.attack = FacePoison(config, device=device)
+        self.roundtrip = roundtrip
+        self.batch_size = batch_size or config.video.batch_size or (8 if device == "cuda" else 1)
 
-    def process(
+    def protect_frames(
         self,
         frames: np.ndarray,
         roundtrip: Roundtrip | None = None,
@@ -29,3 +46,82 @@ class PoisonStage:
         return self.attack.protect(
             frames, init_delta=init_delta, windows=windows, roundtrip=roundtrip, progress=progress
         )
+
+    def process(self, chunk: Chunk) -> Chunk:
+        """Protect a chunk of a clip (tracks and scene starts filled in); sets ``protected``
+        and one stats row per frame."""
+        roundtrip = self.roundtrip
+        chunk.protected = np.empty_like(chunk.frames)
+        chunk.stats = []
+        reference: tuple[torch.Tensor, FrameTracks] | None = None
+        start = 0
+        while start < len(chunk):
+            key = reference is None or start in chunk.scene_starts
+            stop = self._batch_stop(chunk, start, 1 if key else self.batch_size)
+            frames = chunk.frames[start:stop]
+            tracks = chunk.tracks[start:stop] if chunk.tracks else [{}] * (stop - start)
+            windows = self._windows(tracks, frames.shape[1:3])
+            if key:
+                result = self.attack.protect(frames, windows=windows, roundtrip=roundtrip)
+            else:
+                result = self.attack.protect(
+                    frames,
+                    init_delta=self._carried(reference, tracks),
+                    windows=windows,
+                    iterations=self.config.video.refine_iterations,
+                    roundtrip=roundtrip,
+                )
+            chunk.protected[start:stop] = result.frames
+            chunk.stats += _rows(result, tracks, key)
+            for offset in range(start, stop):
+                chunk.stats[offset]["scene_start"] = offset in chunk.scene_starts
+            reference = (result.delta[-1], tracks[-1])
+            start = stop
+        return chunk
+
+    @staticmethod
+    def _batch_stop(chunk: Chunk, start: int, size: int) -> int:
+        """Frames attacked together never straddle a scene cut."""
+        stop = min(len(chunk), start + size)
+        return min([s for s in chunk.scene_starts if start < s < stop], default=stop)
+
+    def _windows(self, tracks: list[FrameTracks], size: tuple[int, int]) -> list[Window] | None:
+        """Attack windows from the tracker; ``None`` lets the attack find faces itself (a frame
+        the tracker saw no face in, or whole-frame mode)."""
+        if not self.config.region_mode or not all(tracks):
+            return None
+        height, width = size
+        margin, minimum = self.config.region_margin, self.config.region_margin_min
+        return [
+            window
+            for index, frame_tracks in enumerate(tracks)
+            for window in track_windows(frame_tracks, index, height, width, margin, minimum)
+        ]
+
+    def _carried(
+        self, reference: tuple[torch.Tensor, FrameTracks], tracks: list[FrameTracks]
+    ) -> torch.Tensor:
+        delta, source = reference
+        config = self.config
+        return torch.stack([
+            carry_delta(delta, source, target, config.region_margin, config.region_margin_min,
+                        keep_background=not config.region_mode)[0]
+            for target in tracks
+        ])  # fmt: skip
+
+
+def _rows(result: AttackResult, tracks: list[FrameTracks], key: bool) -> list[dict[str, Any]]:
+    """Per-frame report rows; a batch's iterations and passes are shared by its frames."""
+    count = len(tracks)
+    return [
+        {
+            "key_frame": key,
+            "faces_tracked": len(frame_tracks),
+            "faces_before": {name: found[i] for name, found in result.faces_before.items()},
+            "faces_after_roundtrip": {name: found[i] for name, found in result.faces_after.items()},
+            "iterations": result.iterations,
+            "passes": result.passes / count,
+            "repair_rounds": result.repair_rounds,
+        }
+        for i, frame_tracks in enumerate(tracks)
+    ]

@@ -1,0 +1,100 @@
+"""Ray actors around the plain stage classes.
+
+Every actor is built once per job and kept warm (loading detectors is slow). Stateful stages
+(scene cuts, tracking, smoothing, muxing) are single actors and see chunks strictly in order;
+the poison stage is a pool. Each call returns a small progress record and the chunk as two
+separate objects, so the driver can follow progress without pulling frames through itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from deepguard.stages.chunk import Chunk
+from deepguard.stages.decode import VideoSource
+from deepguard.stages.remux import VideoSink
+from deepguard.stages.video_io import EncoderSettings
+
+#: what the driver learns from each call: stage name, chunk start, frames, seconds
+Progress = dict[str, Any]
+
+
+def _progress(stage: str, chunk: Chunk | None, started: float) -> Progress:
+    return {
+        "stage": stage,
+        "start": chunk.start if chunk else None,
+        "frames": len(chunk) if chunk else 0,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+@ray.remote
+class StageActor:
+    """Runs one stage object (anything with ``process(chunk) -> chunk``) on chunks.
+
+    ``ordered`` stages check that chunks arrive in sequence: a stateful stage fed out of
+    order would produce a subtly wrong video, so it fails loudly instead.
+    """
+
+    def __init__(self, name: str, build: Callable[[], Any], threads: int, ordered: bool):
+        torch.set_num_threads(max(1, threads))
+        self.name = name
+        self.stage = build()
+        self.ordered = ordered
+        self.expected = 0
+
+    def process(self, chunk: Chunk) -> tuple[Progress, Chunk]:
+        started = time.perf_counter()
+        if self.ordered and chunk.start != self.expected:
+            raise RuntimeError(f"{self.name}: got frame {chunk.start}, expected {self.expected}")
+        self.expected = chunk.stop
+        chunk = self.stage.process(chunk)
+        return _progress(self.name, chunk, started), chunk
+
+
+@ray.remote
+class DecodeActor:
+    """Decodes the input on request, one chunk per call (the driver sets the pace)."""
+
+    def __init__(self, path: str, max_pixels: int, chunk_size: int) -> None:
+        self.source = VideoSource(Path(path), max_pixels, chunk_size)
+        self.chunks = self.source.chunks()
+
+    def next(self) -> tuple[Progress, Chunk | None]:
+        started = time.perf_counter()
+        chunk = next(self.chunks, None)
+        record = _progress("decode", chunk, started)
+        record["pts"] = chunk.pts.tolist() if chunk else []
+        return record, chunk
+
+
+@ray.remote
+class RemuxActor:
+    """Owns the output file while it is written; frames never come back to the driver."""
+
+    def __init__(self, source: str, max_pixels: int, partial: str, container: str,
+                 settings: EncoderSettings) -> None:  # fmt: skip
+        info = VideoSource(Path(source), max_pixels).info
+        self.sink = VideoSink(info, Path(partial), container, settings)
+        self.expected = 0
+
+    def process(self, chunk: Chunk) -> tuple[Progress, list[dict[str, Any]]]:
+        started = time.perf_counter()
+        if chunk.start != self.expected:
+            raise RuntimeError(f"remux: got frame {chunk.start}, expected {self.expected}")
+        self.expected = chunk.stop
+        self.sink.write(chunk)
+        return _progress("remux", chunk, started), chunk.stats
+
+    def close(self) -> int:
+        self.sink.close()
+        return self.sink.frames_written
+
+    def abort(self) -> None:
+        self.sink.abort()

@@ -1,0 +1,334 @@
+"""Protect a clip on Ray: decode → scenecut → track → poison (a pool) → smooth → remux → verify.
+
+The driver only moves object references and small progress records. It keeps a bounded
+number of chunks in flight, so memory stays flat however long the video is. The output is
+written to a hidden partial file, verified by decoding it back, and renamed into place only
+when everything succeeded: a failed job leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError, RayError, RayTaskError
+
+from deepguard import __version__
+from deepguard.attack.config import AttackConfig
+from deepguard.attack.core import FacePoison
+from deepguard.errors import DeepguardError
+from deepguard.fileio import temporary_beside, write_atomically
+from deepguard.models.registry import load_detector
+from deepguard.pipeline.actors import DecodeActor, RemuxActor, StageActor
+from deepguard.pipeline.cluster import cluster_devices, connect
+from deepguard.settings import Settings, get_settings
+from deepguard.stages.decode import VideoSource
+from deepguard.stages.poison import PoisonStage
+from deepguard.stages.remux import video_output_format
+from deepguard.stages.scenecut import SceneCutStage
+from deepguard.stages.smooth import SmoothStage
+from deepguard.stages.track import TrackStage
+from deepguard.stages.verify import VerifyStage
+from deepguard.stages.video_io import EncoderSettings, H264Roundtrip, VideoInfo, output_pix_fmt
+
+log = logging.getLogger(__name__)
+
+#: progress callback: (stage, frames done, frames expected or 0 when unknown)
+StageProgress = Callable[[str, int, int], None]
+STAGES = ("decode", "scenecut", "track", "poison", "smooth", "remux", "verify")
+
+
+# -- stage builders: module-level so Ray can pickle them into the actors --------------------
+
+
+def _build_scenecut(fps: float) -> SceneCutStage:
+    return SceneCutStage(fps)
+
+
+def _build_track(detector: str, device: str) -> TrackStage:
+    return TrackStage(load_detector(detector, device))
+
+
+def _build_poison(config: AttackConfig, device: str, roundtrip: H264Roundtrip) -> PoisonStage:
+    return PoisonStage(config, device=device, roundtrip=roundtrip)
+
+
+def _build_smooth(config: AttackConfig, device: str, roundtrip: H264Roundtrip) -> SmoothStage:
+    return SmoothStage(FacePoison(config, device=device), roundtrip)
+
+
+def _build_verify(config: AttackConfig, device: str) -> VerifyStage:
+    return VerifyStage(FacePoison(config, device=device))
+
+
+class VideoProtector:
+    """Runs one clip through the Ray pipeline and writes the report."""
+
+    def __init__(self, config: AttackConfig, settings: Settings | None = None) -> None:
+        self.config = config.for_video()
+        self.settings = settings or get_settings()
+        self.encoder = EncoderSettings(config.video.crf, config.video.x264_preset)
+
+    def protect(
+        self,
+        source_path: Path,
+        output_path: Path,
+        report_path: Path | None = None,
+        progress: StageProgress | None = None,
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        info = VideoSource(source_path, self.settings.max_image_pixels).info
+        container = video_output_format(output_path, info)
+        connect(self.settings)
+        handle, partial = temporary_beside(output_path)
+        os.close(handle)
+        run = _Run(self, info, partial, container, progress or (lambda *_: None))
+        try:
+            run.start_actors()
+            rows = run.protect()
+            run.verify(rows)
+            os.replace(partial, output_path)
+        except BaseException:
+            run.abort()
+            raise
+        finally:
+            run.stop_actors()
+        report = run.report(rows, source_path, output_path, time.perf_counter() - started)
+        if report_path:
+            write_atomically(report_path, json.dumps(report, indent=2).encode())
+        return report
+
+
+class _Run:
+    """The actors and bookkeeping of one job."""
+
+    def __init__(self, owner: VideoProtector, info: VideoInfo, partial: Path, container: str,
+                 progress: StageProgress) -> None:  # fmt: skip
+        self.owner = owner
+        self.config = owner.config
+        self.settings = owner.settings
+        self.info = info
+        self.partial = partial
+        self.container = container
+        self.progress = progress
+        self.done = dict.fromkeys(STAGES, 0)
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.pts: list[int] = []
+        self.actors: list[ray.actor.ActorHandle] = []
+        self.remux: ray.actor.ActorHandle | None = None
+        cpus, gpus = cluster_devices()
+        self.device = "cuda" if gpus else "cpu"
+        self.pool_size = max(1, 4 * gpus if gpus else cpus - 1)
+        self.cpus, self.gpus = cpus, gpus
+        pix_fmt = output_pix_fmt(info.pix_fmt, info.width, info.height)
+        self.roundtrip = H264Roundtrip(pix_fmt, owner.encoder)
+
+    # -- actors ----------------------------------------------------------------------------
+
+    def _stage(self, name: str, build: Callable[[], Any], ordered: bool, heavy: bool = False):
+        """A stage actor; heavy ones (the attack) get a CPU or a share of a GPU each."""
+        options: dict[str, Any] = {"num_cpus": 1 if heavy and not self.gpus else 0}
+        if heavy and self.gpus:
+            options["num_gpus"] = 1 / 4
+        threads = max(1, self.cpus // self.pool_size) if heavy else 1
+        actor = StageActor.options(**options).remote(name, build, threads, ordered)
+        self.actors.append(actor)
+        return actor
+
+    def start_actors(self) -> None:
+        config, device, info = self.config, self.device, self.info
+        max_pixels = self.settings.max_image_pixels
+        self.decoder = DecodeActor.options(num_cpus=0).remote(
+            str(info.path), max_pixels, config.video.chunk_size
+        )
+        self.actors.append(self.decoder)
+        self.scenecut = self._stage("scenecut", functools.partial(_build_scenecut, info.fps), True)
+        track = functools.partial(_build_track, config.video.track_detector, device)
+        self.tracker = self._stage("track", track, True)
+        poison = functools.partial(_build_poison, config, device, self.roundtrip)
+        self.pool = [self._stage("poison", poison, False, heavy=True)
+                     for _ in range(self.pool_size)]  # fmt: skip
+        smooth = functools.partial(_build_smooth, config, device, self.roundtrip)
+        self.smoother = self._stage("smooth", smooth, True)
+        self.remux = RemuxActor.options(num_cpus=0).remote(
+            str(info.path), max_pixels, str(self.partial), self.container, self.owner.encoder
+        )
+        self.actors.append(self.remux)
+
+    def stop_actors(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+    def abort(self) -> None:
+        if self.remux is not None:
+            # the actor may be what failed; the partial file is removed below anyway
+            with contextlib.suppress(RayError):
+                ray.get(self.remux.abort.remote(), timeout=30)
+        self.partial.unlink(missing_ok=True)
+
+    # -- the streaming loop ----------------------------------------------------------------
+
+    def protect(self) -> list[dict[str, Any]]:
+        """Stream every chunk through the stages; returns one report row per frame."""
+        window = self.pool_size + 2  # chunks in flight: enough to keep the pool busy
+        in_flight: deque[ray.ObjectRef] = deque()
+        watched: list[ray.ObjectRef] = []
+        rows: list[dict[str, Any]] = []
+        submitted = 0
+        finished = False
+        while not finished or in_flight:
+            while not finished and len(in_flight) < window:
+                decoded, chunk = self.decoder.next.options(num_returns=2).remote()
+                record = self._get(decoded)
+                if not record["frames"]:
+                    finished = True
+                    break
+                self._advance(record)
+                _, chunk = self.scenecut.process.options(num_returns=2).remote(chunk)
+                watched.append(_)
+                _, chunk = self.tracker.process.options(num_returns=2).remote(chunk)
+                watched.append(_)
+                worker = self.pool[submitted % self.pool_size]
+                _, chunk = worker.process.options(num_returns=2).remote(chunk)
+                watched.append(_)
+                _, chunk = self.smoother.process.options(num_returns=2).remote(chunk)
+                watched.append(_)
+                written, stats = self.remux.process.options(num_returns=2).remote(chunk)
+                in_flight.append((written, stats))
+                submitted += 1
+            watched = self._poll(watched)
+            if in_flight and (finished or len(in_flight) >= window):
+                written, stats = in_flight.popleft()
+                self._advance(self._get(written))
+                rows += self._get(stats)
+        self._poll(watched, wait=True)
+        frames = self._get(self.remux.close.remote())
+        if frames != len(self.pts):
+            raise DeepguardError(f"wrote {frames} frames but decoded {len(self.pts)}")
+        return rows
+
+    def _advance(self, record: dict[str, Any]) -> None:
+        stage = record["stage"]
+        self.done[stage] += record["frames"]
+        self.seconds[stage] += record["seconds"]
+        if stage == "decode":
+            self.pts += record.get("pts", [])
+        self.progress(stage, self.done[stage], self.info.frames)
+
+    def _poll(self, refs: list[ray.ObjectRef], wait: bool = False) -> list[ray.ObjectRef]:
+        """Account for finished stage calls; returns the ones still running."""
+        if not refs:
+            return refs
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
+        for ref in ready:
+            self._advance(self._get(ref))
+        return pending
+
+    def _get(self, ref: ray.ObjectRef) -> Any:
+        try:
+            return ray.get(ref)
+        except RayTaskError as error:
+            cause = error.cause
+            if isinstance(cause, DeepguardError):
+                raise type(cause)(str(cause)) from None
+            raise DeepguardError(f"a pipeline stage failed: {cause!r}") from None
+        except RayActorError as error:
+            raise DeepguardError(f"a pipeline worker died: {error}") from None
+
+    # -- verification on the written file --------------------------------------------------
+
+    def verify(self, rows: list[dict[str, Any]]) -> None:
+        """Decode the written file: same frames and timestamps, and the faces still found."""
+        source = VideoSource(
+            self.partial,
+            self.settings.max_image_pixels,
+            self.config.video.chunk_size,
+            container=self.container,
+        )
+        verify = functools.partial(_build_verify, self.config, self.device)
+        pool = [self._stage("verify", verify, False, heavy=True) for _ in range(self.pool_size)]
+        pending: deque[tuple[ray.ObjectRef, ray.ObjectRef]] = deque()
+        written_pts: list[int] = []
+        for index, chunk in enumerate(source.chunks()):
+            written_pts += chunk.pts.tolist()
+            pending.append(pool[index % len(pool)].process.options(num_returns=2).remote(chunk))
+            if len(pending) > 2 * len(pool):  # bounded, like the main loop
+                self._collect(pending.popleft(), rows)
+        while pending:
+            self._collect(pending.popleft(), rows)
+        if written_pts != self.pts:
+            raise DeepguardError("the written video's frame timestamps differ from the input's")
+
+    def _collect(self, refs: tuple[ray.ObjectRef, ray.ObjectRef], rows: list[dict]) -> None:
+        record, chunk = (self._get(ref) for ref in refs)
+        self._advance(record)
+        for offset, stats in enumerate(chunk.stats):
+            rows[chunk.start + offset].update(stats)
+
+    # -- the report ------------------------------------------------------------------------
+
+    def report(self, rows: list[dict[str, Any]], source: Path, output: Path,
+               seconds: float) -> dict[str, Any]:  # fmt: skip
+        info = self.info
+        for index, row in enumerate(rows):
+            row["frame"], row["pts"] = index, self.pts[index]
+        detectors = {}
+        for name in self.config.detectors:
+            before = sum(r["faces_before"][name] for r in rows)
+            after = sum(r["faces_after"][name] for r in rows)
+            detectors[name] = {
+                "faces_before": before,
+                "faces_after": after,
+                "hide_rate": round(1 - after / before, 4) if before else None,
+            }
+        flicker = [r["flicker"] for r in rows if "flicker" in r]
+        psnr = [r["psnr_db"] for r in rows if r.get("psnr_db") is not None]
+        duration = info.duration_s or len(rows) / (info.fps or 25)
+        return {
+            "deepguard": __version__,
+            "input": str(source),
+            "output": str(output),
+            "kind": "video",
+            "video": {
+                "width": info.width,
+                "height": info.height,
+                "rotation": info.rotation,
+                "fps": info.fps,
+                "frames": len(rows),
+                "duration_s": duration,
+                "audio_streams": info.audio_streams,
+                "container": self.container,
+            },
+            "parameters": self.config.model_dump(mode="json"),
+            "summary": {
+                "scene_cuts": [r["frame"] for r in rows if r.get("scene_start")][1:],
+                "faces_tracked": max((r["faces_tracked"] for r in rows), default=0),
+                "detectors": detectors,
+                "iterations_per_frame": _mean(r["iterations"] for r in rows),
+                "detector_passes_per_frame": _mean(r["passes"] for r in rows),
+                "key_frames": sum(r["key_frame"] for r in rows),
+                "psnr_db": _mean(psnr),
+                "flicker": _mean(flicker, 4),
+                "seconds": round(seconds, 2),
+                "realtime_factor": round(seconds / duration, 2) if duration else None,
+                "stage_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+                "workers": {"poison": self.pool_size, "device": self.device},
+            },
+            "frames": rows,
+        }
+
+
+def _mean(values, digits: int = 2) -> float | None:
+    values = list(values)
+    return round(float(np.mean(values)), digits) if values else None
