@@ -268,24 +268,32 @@ class FacePoison:
         for step in range(1, budget + 1):
             delta = run.delta.detach().requires_grad_(True)
             adversarial = quantize_uint8(run.x + delta)
-            surrogate = adversarial.new_zeros(())
+            # [accumulated through momentum, used as is]
+            surrogates = [adversarial.new_zeros(()), adversarial.new_zeros(())]
             for scale in config.scales:
                 for window in run.views:
                     context = self._with_context(window, run.x.shape[-2:], run.rng)
                     view, _ = run.transform(resize(_crop(adversarial, context), scale))
                     leaf = view.detach().requires_grad_(True)
-                    gradient = self._ensemble_gradient(leaf, window, run)
-                    if gradient is not None:  # chain the normalised gradient back to delta
-                        surrogate = surrogate + (view * gradient).sum()
+                    gradients = self._ensemble_gradient(leaf, window, run)
+                    for i, gradient in enumerate(gradients):
+                        if gradient is not None:  # chain the normalised gradient back to delta
+                            surrogates[i] = surrogates[i] + (view * gradient).sum()
             run.iterations += 1
             if run.progress:
                 run.progress("attack", run.iterations, run.total_budget)
-            if not surrogate.requires_grad:
+            if not any(s.requires_grad for s in surrogates):
                 break  # no detector sees anything to push down any more
-            surrogate.backward()
-            grad = delta.grad / (delta.grad.abs().mean() + _TINY)
-            run.momentum = config.momentum * run.momentum + grad
-            stepped = (run.delta - config.step * run.momentum.sign()).clamp(
+            parts = [
+                torch.autograd.grad(s, delta, retain_graph=True)[0]
+                if s.requires_grad
+                else torch.zeros_like(delta)
+                for s in surrogates
+            ]
+            norm = (parts[0] + parts[1]).abs().mean() + _TINY
+            run.momentum = config.momentum * run.momentum + parts[0] / norm
+            direction = run.momentum + parts[1] / norm
+            stepped = (run.delta - config.step * direction.sign()).clamp(
                 -config.epsilon, config.epsilon
             )
             run.delta = ((run.x + stepped).clamp(0, 255) - run.x) * run.mask
@@ -294,10 +302,14 @@ class FacePoison:
                 log.debug("hidden after delivery at iteration %d", run.iterations)
                 break
 
-    def _ensemble_gradient(self, view: Tensor, window: Window, run: _Run) -> Tensor | None:
-        """Sum of per-detector gradients, each normalised so no detector dominates."""
+    def _ensemble_gradient(
+        self, view: Tensor, window: Window, run: _Run
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Sums of per-detector gradients, each normalised so no detector dominates: of the
+        detectors whose gradient momentum may accumulate, and of those it may not
+        (:attr:`FaceDetector.momentum_safe`)."""
         config = self.config
-        total: Tensor | None = None
+        totals: list[Tensor | None] = [None, None]
         for detector in self.detectors:
             key = (detector.name, *_key(window))
             importance = run.importance.get(key)
@@ -319,8 +331,9 @@ class FacePoison:
             for term in terms:
                 (grad,) = torch.autograd.grad(term, view, retain_graph=term is not terms[-1])
                 grad = weight * grad / (grad.abs().mean() + _TINY)
-                total = grad if total is None else total + grad
-        return total
+                slot = 0 if detector.momentum_safe else 1
+                totals[slot] = grad if totals[slot] is None else totals[slot] + grad
+        return totals[0], totals[1]
 
     def _importance(
         self, x: Tensor, views: list[Window], generator: torch.Generator

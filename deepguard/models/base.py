@@ -63,6 +63,10 @@ class FaceDetector(nn.Module, ABC):
     max_detections: int = 750
     #: boxes narrower than this (in input pixels) are dropped, as the reference code does
     min_box_size: float = 0.0
+    #: whether the attack may fold this detector's gradient into its momentum. Not for
+    #: cascades whose scored candidates are re-selected every step (MTCNN): there the
+    #: accumulated gradient points at candidates that are gone and the attack stalls.
+    momentum_safe: bool = True
 
     @abstractmethod
     def dense(self, x: Tensor) -> DensePrediction:

@@ -188,6 +188,8 @@ class MTCNN(FaceDetector):
     score_threshold = 0.7
     nms_iou = 0.7
     max_detections = 750
+    #: R-Net/O-Net candidates change every step; momentum on them measurably stalls the attack
+    momentum_safe = False
 
     def __init__(
         self,
