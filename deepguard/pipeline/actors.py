@@ -25,11 +25,11 @@ from deepguard.stages.video_io import EncoderSettings
 Progress = dict[str, Any]
 
 
-def _progress(stage: str, chunk: Chunk | None, started: float) -> Progress:
+def _progress(stage: str, chunk: Chunk | None, started: float, frames: int | None = None):
     return {
         "stage": stage,
         "start": chunk.start if chunk else None,
-        "frames": len(chunk) if chunk else 0,
+        "frames": frames if frames is not None else len(chunk) if chunk else 0,
         "seconds": time.perf_counter() - started,
     }
 
@@ -54,8 +54,9 @@ class StageActor:
         if self.ordered and chunk.start != self.expected:
             raise RuntimeError(f"{self.name}: got frame {chunk.start}, expected {self.expected}")
         self.expected = chunk.stop
+        frames = len(chunk)
         chunk = self.stage.process(chunk)
-        return _progress(self.name, chunk, started), chunk
+        return _progress(self.name, chunk, started, frames), chunk
 
 
 @ray.remote

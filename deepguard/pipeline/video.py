@@ -74,10 +74,18 @@ def _build_verify(config: AttackConfig, device: str) -> VerifyStage:
 class VideoProtector:
     """Runs one clip through the Ray pipeline and writes the report."""
 
-    def __init__(self, config: AttackConfig, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        config: AttackConfig,
+        settings: Settings | None = None,
+        stages: dict[str, Callable[[], Any]] | None = None,
+    ) -> None:
+        """``stages`` replaces the builder of a stage by name (``"poison"``, ``"smooth"``, …):
+        a picklable callable returning an object with ``process(chunk) -> chunk``."""
         self.config = config.for_video()
         self.settings = settings or get_settings()
         self.encoder = EncoderSettings(config.video.crf, config.video.x264_preset)
+        self.stages = stages or {}
 
     def protect(
         self,
@@ -137,6 +145,7 @@ class _Run:
 
     def _stage(self, name: str, build: Callable[[], Any], ordered: bool, heavy: bool = False):
         """A stage actor; heavy ones (the attack) get a CPU or a share of a GPU each."""
+        build = self.owner.stages.get(name, build)
         options: dict[str, Any] = {"num_cpus": 1 if heavy and not self.gpus else 0}
         if heavy and self.gpus:
             options["num_gpus"] = 1 / 4

@@ -1,0 +1,123 @@
+"""The whole video pipeline through a real Ray cluster started with ``ray start --head``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import av
+import pytest
+
+from deepguard.attack.config import load_preset
+from deepguard.errors import DeepguardError
+from deepguard.settings import Settings
+from tests.media import make_clip
+
+ray = pytest.importorskip("ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster_address():
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="dg-ray-")  # short: Ray's socket paths have a limit
+    ray.shutdown()
+    subprocess.run(
+        [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        check=True, capture_output=True, timeout=180,
+    )  # fmt: skip
+    yield f"127.0.0.1:{port}"
+    ray.shutdown()
+    subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def clip(videos_dir: Path, tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("pipeline") / "talk.mp4"
+    return make_clip(videos_dir / "lp_d11.mp4", target, 10, size=(192, 192))
+
+
+def _config(**video):
+    config = load_preset(
+        "balanced", detectors=["retinaface", "yunet"], iterations=6, epsilon=8, step=2
+    )
+    settings = {"chunk_size": 4, "refine_iterations": 2, "x264_preset": "ultrafast", **video}
+    return config.model_copy(
+        update={"repair_rounds": 1, "video": config.video.model_copy(update=settings)}
+    )
+
+
+def _audio(path: Path) -> list[str]:
+    with av.open(str(path)) as container:
+        return [hashlib.sha1(bytes(p)).hexdigest() for p in container.demux(
+            container.streams.audio) if p.size]  # fmt: skip
+
+
+def _frame_count(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_pipeline_protects_a_clip_on_a_ray_cluster(cluster_address, clip, tmp_path):
+    from deepguard.pipeline.video import VideoProtector
+
+    out = tmp_path / "talk.protected.mp4"
+    report_path = tmp_path / "report.json"
+    settings = Settings(RAY_ADDRESS=cluster_address)
+    seen: dict[str, int] = {}
+    report = VideoProtector(_config(), settings).protect(
+        clip, out, report_path, progress=lambda stage, done, _: seen.__setitem__(stage, done)
+    )
+    assert ray.get_runtime_context().gcs_address.endswith(cluster_address.split(":")[1])
+    assert _frame_count(out) == 10 and _audio(out) == _audio(clip)
+    assert report_path.exists() and not list(tmp_path.glob(".*.part"))
+    summary = report["summary"]
+    assert set(summary["detectors"]) == {"retinaface", "yunet"}
+    for figures in summary["detectors"].values():
+        assert figures["faces_before"] >= 8  # the talking head is found in the clean frames
+        assert figures["faces_after"] <= figures["faces_before"]
+    assert summary["detectors"]["yunet"]["hide_rate"] >= 0.8
+    assert summary["key_frames"] >= 3  # the first frame of each of the 3 chunks
+    assert summary["psnr_db"] > 30 and summary["flicker"] is not None
+    assert len(report["frames"]) == 10 and "faces_after" in report["frames"][-1]
+    assert seen["remux"] == 10 and seen["verify"] == 10
+
+
+def test_a_crashing_worker_fails_the_job_and_leaves_no_file(cluster_address, clip, tmp_path):
+    from deepguard.pipeline.video import VideoProtector
+
+    class CrashOnSecondChunk:  # defined here so Ray ships it by value
+        def process(self, chunk):
+            if chunk.start > 0:
+                os._exit(1)  # the worker process dies, as on an OOM kill
+            chunk.protected = chunk.frames.copy()
+            chunk.stats = [{} for _ in range(len(chunk))]
+            return chunk
+
+    out = tmp_path / "talk.protected.mp4"
+    protector = VideoProtector(
+        _config(), Settings(RAY_ADDRESS=cluster_address), stages={"poison": CrashOnSecondChunk}
+    )
+    with pytest.raises(DeepguardError, match=r"died|failed"):
+        protector.protect(clip, out)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_unreachable_cluster_is_a_clear_error(clip, tmp_path):
+    from deepguard.pipeline.cluster import connect
+
+    ray.shutdown()
+    with pytest.raises(DeepguardError, match="cannot start or reach a Ray cluster"):
+        connect(Settings(RAY_ADDRESS=f"127.0.0.1:{_free_port()}"))
