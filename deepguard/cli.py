@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from deepguard.errors import DeepguardError
@@ -174,6 +176,86 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from deepguard.pipeline.jobs import JobStore
+    from deepguard.pipeline.protect import Protector
+    from deepguard.pipeline.watch import WatchFolder
+    from deepguard.settings import get_settings
+
+    settings = get_settings()
+    watcher = WatchFolder(
+        Path(args.input), Path(args.output), Protector(_attack_config(args), settings),
+        JobStore(settings.job_db_path), settings,
+    )  # fmt: skip
+    if args.once:
+        watcher.poll(wait=True)  # a first scan only records sizes; the second finds them stable
+        time.sleep(settings.watch_stable_seconds)
+        watcher.poll(wait=True)
+        return 0
+    print(f"watching {args.input} → {args.output} (Ctrl-C stops)", file=sys.stderr)
+    try:
+        watcher.run(args.interval)
+    except KeyboardInterrupt:
+        watcher.stop()
+    return 0
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    from deepguard.pipeline.jobs import JobStore
+    from deepguard.pipeline.retention import cleanup
+    from deepguard.settings import get_settings
+
+    settings = get_settings()
+    result = cleanup(settings, JobStore(settings.job_db_path))
+    print(f"deleted {result.deleted_files} files ({result.freed_bytes / 2**20:.1f} MiB) older "
+          f"than {settings.retention_hours:g} h; archived {result.archived_reports} reports, "
+          f"pruned {result.pruned_reports}")  # fmt: skip
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from deepguard.pipeline.submit import job_client, submit, wait
+
+    client = job_client(args.address)
+    options = ["--preset", args.preset]
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    submissions = submit(client, [Path(f) for f in args.files], output_dir, options)
+    for item in submissions:
+        print(f"{item.job_id}\t{item.input} → {item.output}")
+    if not args.wait:
+        return 0
+    statuses = wait(client, [s.job_id for s in submissions], args.timeout)
+    for job_id, status in statuses.items():
+        print(f"{job_id}\t{status}")
+    return 0 if all(status == "SUCCEEDED" for status in statuses.values()) else 1
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    import json
+
+    from deepguard.pipeline.submit import job_client, job_rows
+
+    client = job_client(args.address)
+    if args.jobs_command == "list":
+        for row in job_rows(client):
+            print(f"{row['id']}\t{row['status']}\t{row['input']} → {row['output']}")
+    elif args.jobs_command == "status":
+        info = client.get_job_info(args.id)
+        status = {"id": args.id, "status": str(info.status.value), "message": info.message,
+                  "metadata": info.metadata}  # fmt: skip
+        print(json.dumps(status, indent=2))
+    elif args.jobs_command == "logs":
+        print(client.get_job_logs(args.id), end="")
+    elif args.jobs_command == "cancel":
+        stopped = client.stop_job(args.id)
+        print(f"{args.id}: {'stopping' if stopped else 'already finished'}")
+    return 0
+
+
 def _split(value: str | None) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()] if value else []
 
@@ -239,11 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     protect = commands.add_parser(
         "protect",
-        help="protect an image (or a folder of images) against face detection",
+        help="protect an image or video (or a folder of them) against face detection",
         description="Add an imperceptible FacePoison perturbation so face detectors miss the "
         "faces. The result is verified on the saved file.",
     )
-    protect.add_argument("input", metavar="IN", help="image file or folder")
+    protect.add_argument("input", metavar="IN", help="image or video file, or a folder")
     protect.add_argument(
         "-o",
         "--output",
@@ -282,6 +364,48 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", default="balanced", help="preset whose ensemble is assumed (default balanced)"
     )
     evaluation.set_defaults(handler=_eval)
+
+    watch = commands.add_parser(
+        "watch",
+        help="protect every image or video dropped into a folder",
+        description="Poll IN_DIR; complete new files are protected into OUT_DIR exactly once "
+        "(keyed by content), then moved to IN_DIR/done, or IN_DIR/failed with an error JSON.",
+    )
+    watch.add_argument("input", metavar="IN_DIR")
+    watch.add_argument("output", metavar="OUT_DIR")
+    watch.add_argument("--interval", type=float, default=1.0, help="seconds between scans")
+    watch.add_argument("--once", action="store_true", help="process what is there and exit")
+    _add_attack_options(watch)
+    watch.set_defaults(handler=_watch)
+
+    cleanup = commands.add_parser(
+        "cleanup",
+        help="delete uploads and results past the retention time; archive recent reports",
+    )
+    cleanup.set_defaults(handler=_cleanup)
+
+    address = {"default": os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"),
+               "help": "Ray dashboard address (default $RAY_API_SERVER_ADDRESS or "
+                       "http://127.0.0.1:8265)"}  # fmt: skip
+    submit = commands.add_parser(
+        "submit",
+        help="submit files to a Ray cluster as Ray jobs (paths on shared storage)",
+    )
+    submit.add_argument("files", nargs="+", metavar="FILE")
+    submit.add_argument("--address", **address)
+    submit.add_argument("--output-dir", help="where outputs go (default: beside each input)")
+    submit.add_argument("--preset", default="balanced")
+    submit.add_argument("--wait", action="store_true", help="wait for every job to end")
+    submit.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    submit.set_defaults(handler=_submit)
+
+    jobs = commands.add_parser("jobs", help="list, inspect, read logs of or cancel Ray jobs")
+    jobs.add_argument("--address", **address)
+    job_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    job_commands.add_parser("list", help="deepguard jobs on the cluster, newest first")
+    for action in ("status", "logs", "cancel"):
+        job_commands.add_parser(action, help=f"{action} of one job").add_argument("id")
+    jobs.set_defaults(handler=_jobs)
 
     models = commands.add_parser(
         "models",

@@ -57,11 +57,35 @@ class Settings(BaseSettings):
         description="Refuse images larger than this (decompression-bomb guard).",
     )
     ray_address: str | None = Field(default=None, validation_alias=AliasChoices("RAY_ADDRESS"))
+    job_db: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DEEPGUARD_JOB_DB"),
+        description="SQLite job store (default: DEEPGUARD_DATA_DIR/jobs.sqlite3).",
+    )
+    watch_concurrency: int = Field(
+        default=1, ge=1, validation_alias=AliasChoices("DEEPGUARD_WATCH_CONCURRENCY")
+    )
+    watch_stable_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        validation_alias=AliasChoices("DEEPGUARD_WATCH_STABLE_SECONDS"),
+        description="A dropped file is complete once its size and mtime held this long.",
+    )
+    retention_hours: float = Field(
+        default=24.0, gt=0, validation_alias=AliasChoices("DEEPGUARD_RETENTION_HOURS")
+    )
+    archived_reports: int = Field(
+        default=100, ge=0, validation_alias=AliasChoices("DEEPGUARD_ARCHIVED_REPORTS")
+    )
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("HOST"))
     port: int = Field(default=5000, validation_alias=AliasChoices("PORT"))
     preferred_url_scheme: Literal["http", "https"] = Field(
         default="http", validation_alias=AliasChoices("PREFERRED_URL_SCHEME")
     )
+
+    @property
+    def job_db_path(self) -> Path:
+        return self.job_db or self.data_dir / "jobs.sqlite3"
 
     def resolved_device(self) -> str:
         """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``."""

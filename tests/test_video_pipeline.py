@@ -89,7 +89,7 @@ def test_pipeline_protects_a_clip_on_a_ray_cluster(cluster_address, clip, tmp_pa
         assert figures["faces_before"] >= 8  # the talking head is found in the clean frames
         assert figures["faces_after"] <= figures["faces_before"]
     assert summary["detectors"]["yunet"]["hide_rate"] >= 0.8
-    assert summary["key_frames"] >= 3  # the first frame of each of the 3 chunks
+    assert 1 <= summary["key_frames"] < 10  # the rest start from the previous frame
     assert summary["psnr_db"] > 30 and summary["flicker"] is not None
     assert len(report["frames"]) == 10 and "faces_after" in report["frames"][-1]
     assert seen["remux"] == 10 and seen["verify"] == 10

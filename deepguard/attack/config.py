@@ -23,8 +23,19 @@ class VideoConfig(BaseModel):
 
     track_detector: str = Field("yunet", description="fast detector that feeds the tracker")
     chunk_size: int = Field(16, ge=1, le=256, description="frames per unit of work")
+    warm_start: bool = Field(
+        True,
+        description="start each frame from the previous one's perturbation (off: every "
+        "frame is attacked from scratch, the per-frame baseline)",
+    )
+    warm_shrink_steps: int = Field(
+        0, ge=0, description="bisection steps shrinking a warm-started frame's perturbation"
+    )
     refine_iterations: int = Field(
         4, ge=1, description="iterations on a warm-started frame that is not yet hidden"
+    )
+    repair_rounds: int = Field(
+        1, ge=0, description="repair rounds on a warm-started frame (key frames use the attack's)"
     )
     batch_size: int | None = Field(
         None, ge=1, description="frames attacked together; default 1 on CPU, 8 on GPU"
@@ -111,6 +122,17 @@ class AttackConfig(BaseModel):
         if self.video.verify_recompress:
             return self
         return self.model_copy(update={"verify_recompress_quality": None})
+
+    def for_warm_frames(self) -> AttackConfig:
+        """Settings for a frame warm-started from its predecessor: a short repair budget, and
+        by default no shrinking, which would only make the next frame grow it back (and
+        flicker)."""
+        return self.model_copy(
+            update={
+                "repair_rounds": self.video.repair_rounds,
+                "shrink_steps": self.video.warm_shrink_steps,
+            }
+        )
 
     def with_overrides(self, **overrides: Any) -> AttackConfig:
         """A copy with the given non-None fields replaced, validated again."""

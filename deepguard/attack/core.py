@@ -64,6 +64,7 @@ class _Run:
 
     x: Tensor  # N×3×H×W float, the clean frames
     frames: np.ndarray  # the clean frames as uint8
+    detectors: list[FaceDetector]  # the ones attacked in this call
     roundtrip: Roundtrip | None
     windows: list[Window]  # where the perturbation may go
     views: list[Window]  # what the detectors look at
@@ -184,9 +185,16 @@ class FacePoison:
         iterations: int | None = None,
         roundtrip: Roundtrip | None = None,
         progress: Progress | None = None,
+        targets: Sequence[str] | None = None,
     ) -> AttackResult:
-        """Protect N×H×W×3 uint8 RGB frames. See the module docstring."""
+        """Protect N×H×W×3 uint8 RGB frames. See the module docstring.
+
+        ``targets`` names the detectors to attack and to verify against (default: all). A
+        video gives up on a detector for the rest of a scene once a full attack on the scene's
+        first frame could not hide the face from it; faces are still counted for every one.
+        """
         config = self.config
+        active = [d for d in self.detectors if targets is None or d.name in targets]
         started = time.perf_counter()
         seed = config.seed if config.seed is not None else random.randrange(2**31)
         rng = random.Random(seed)
@@ -205,7 +213,7 @@ class FacePoison:
 
         tick = time.perf_counter()
         views = self._views(x, windows)
-        importance = self._importance(x, views, generator) if config.feature_loss else {}
+        importance = self._importance(x, views, generator, active) if config.feature_loss else {}
         timings["importance"] = time.perf_counter() - tick
         budget = iterations or config.iterations
         mask = self._mask(x, windows)
@@ -213,6 +221,7 @@ class FacePoison:
         run = _Run(
             x=x,
             frames=frames,
+            detectors=active,
             roundtrip=roundtrip,
             windows=windows,
             views=views,
@@ -243,7 +252,8 @@ class FacePoison:
                 self._shrink(run)
             out = self._finish(run, run.delta)
             faces_after = self.verify(out, roundtrip)
-            if all(sum(c) == 0 for c in faces_after.values()) or rounds >= config.repair_rounds:
+            hidden = all(sum(faces_after[d.name]) == 0 for d in active)
+            if hidden or rounds >= config.repair_rounds:
                 break
             rounds += 1
             budget = config.repair_iterations
@@ -310,7 +320,7 @@ class FacePoison:
         (:attr:`FaceDetector.momentum_safe`)."""
         config = self.config
         totals: list[Tensor | None] = [None, None]
-        for detector in self.detectors:
+        for detector in run.detectors:
             key = (detector.name, *_key(window))
             importance = run.importance.get(key)
             if importance is not None:
@@ -336,11 +346,15 @@ class FacePoison:
         return totals[0], totals[1]
 
     def _importance(
-        self, x: Tensor, views: list[Window], generator: torch.Generator
+        self,
+        x: Tensor,
+        views: list[Window],
+        generator: torch.Generator,
+        detectors: Sequence[FaceDetector],
     ) -> dict[tuple, FeatureImportance]:
         importance = {}
         for window in views:
-            for detector in self.detectors:
+            for detector in detectors:
                 estimate = FeatureImportance.estimate(
                     detector,
                     _crop(x, window),
@@ -373,6 +387,7 @@ class FacePoison:
         self, run: _Run, delta: Tensor, detectors: Sequence[FaceDetector] | None = None
     ) -> bool:
         out = self._finish(run, delta)
+        detectors = run.detectors if detectors is None else detectors
         return any(
             self._visible(frames_to_tensor(version, run.x.device), run.views, detectors)
             for version in self.delivered(out, run.roundtrip)
@@ -388,7 +403,7 @@ class FacePoison:
         out = self._finish(run, run.delta)
         versions = [frames_to_tensor(v, run.x.device) for v in self.delivered(out, run.roundtrip)]
         hidden = [
-            d for d in self.detectors if not any(self._visible(v, run.views, [d]) for v in versions)
+            d for d in run.detectors if not any(self._visible(v, run.views, [d]) for v in versions)
         ]
         if not hidden:
             return

@@ -27,7 +27,7 @@ def connect(settings: Settings) -> None:
     try:
         if address:
             _check_reachable(address)
-            _present_token_if_available()
+            present_token_if_available()
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         else:
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -49,7 +49,7 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise ConnectionError(f"nothing answers there ({error})") from None
 
 
-def _present_token_if_available() -> None:
+def present_token_if_available() -> None:
     """What ``ray.init()`` does for a cluster it finds itself (Ray's own helper, which also
     refreshes Ray's cached config; the environment variable alone comes too late)."""
     try:

@@ -1,8 +1,10 @@
 """The poison stage: run the FacePoison attack core on the frames of a chunk.
 
-An image is one key frame. In a clip, the first frame of a chunk and of every scene gets the
-full attack; every other frame starts from the previous frame's perturbation, carried along
-with each tracked face, and only gets refinement iterations if that start no longer hides it.
+An image is one key frame. In a clip, the first frame of every scene gets the full attack, and
+so does the first frame of a chunk when this worker did not process the chunk before it (in a
+pool, chunks are spread over workers). Every other frame starts from the previous frame's
+perturbation, carried along with each tracked face, and only gets refinement iterations if
+that start no longer hides it.
 """
 
 from __future__ import annotations
@@ -31,8 +33,12 @@ class PoisonStage:
     ) -> None:
         self.config = config
         self.attack = FacePoison(config, device=device)
+        # warm frames share the loaded detectors but get a shorter repair budget
+        self.warm_attack = FacePoison(config.for_warm_frames(), self.attack.detectors, device)
         self.roundtrip = roundtrip
         self.batch_size = batch_size or config.video.batch_size or (8 if device == "cuda" else 1)
+        # where the last chunk ended: a worker that gets the next chunk too carries on from it
+        self._carry_over: tuple[int, torch.Tensor, FrameTracks, set[str]] | None = None
 
     def protect_frames(
         self,
@@ -51,32 +57,40 @@ class PoisonStage:
         """Protect a chunk of a clip (tracks and scene starts filled in); sets ``protected``
         and one stats row per frame."""
         roundtrip = self.roundtrip
+        warm = self.config.video.warm_start
         chunk.protected = np.empty_like(chunk.frames)
         chunk.stats = []
         reference: tuple[torch.Tensor, FrameTracks] | None = None
+        given_up: set[str] = set()  # detectors a full attack could not beat in this scene
+        if self._carry_over and self._carry_over[0] == chunk.start:
+            _, delta, tracks, given_up = self._carry_over
+            reference = (delta, tracks)
         start = 0
         while start < len(chunk):
-            key = reference is None or start in chunk.scene_starts
+            key = reference is None or start in chunk.scene_starts or not warm
             stop = self._batch_stop(chunk, start, 1 if key else self.batch_size)
             frames = chunk.frames[start:stop]
             tracks = chunk.tracks[start:stop] if chunk.tracks else [{}] * (stop - start)
             windows = self._windows(tracks, frames.shape[1:3])
             if key:
                 result = self.attack.protect(frames, windows=windows, roundtrip=roundtrip)
+                given_up = {name for name, found in result.faces_after.items() if sum(found)}
             else:
-                result = self.attack.protect(
+                result = self.warm_attack.protect(
                     frames,
                     init_delta=self._carried(reference, tracks),
                     windows=windows,
                     iterations=self.config.video.refine_iterations,
                     roundtrip=roundtrip,
+                    targets=[n for n in self.config.detectors if n not in given_up],
                 )
             chunk.protected[start:stop] = result.frames
-            chunk.stats += _rows(result, tracks, key)
+            chunk.stats += _rows(result, tracks, key, given_up)
             for offset in range(start, stop):
                 chunk.stats[offset]["scene_start"] = offset in chunk.scene_starts
             reference = (result.delta[-1], tracks[-1])
             start = stop
+        self._carry_over = (chunk.stop, *reference, given_up)
         return chunk
 
     @staticmethod
@@ -110,7 +124,9 @@ class PoisonStage:
         ])  # fmt: skip
 
 
-def _rows(result: AttackResult, tracks: list[FrameTracks], key: bool) -> list[dict[str, Any]]:
+def _rows(
+    result: AttackResult, tracks: list[FrameTracks], key: bool, given_up: set[str]
+) -> list[dict[str, Any]]:
     """Per-frame report rows; a batch's iterations and passes are shared by its frames."""
     count = len(tracks)
     return [
@@ -122,6 +138,7 @@ def _rows(result: AttackResult, tracks: list[FrameTracks], key: bool) -> list[di
             "iterations": result.iterations,
             "passes": result.passes / count,
             "repair_rounds": result.repair_rounds,
+            "given_up": sorted(given_up),
         }
         for i, frame_tracks in enumerate(tracks)
     ]

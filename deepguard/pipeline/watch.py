@@ -1,0 +1,173 @@
+"""The watch folder: protect every image or clip dropped into a folder, exactly once.
+
+A file is picked up only when it is complete: its size and modification time have held for
+``watch_stable_seconds`` across two scans. Each input is keyed by the sha256 of its content,
+so a file dropped twice (or again after a restart) is not protected twice. The original moves
+to ``IN/done/`` after its output landed atomically in ``OUT/``, or to ``IN/failed/`` next to
+an ``.error.json`` saying why. A crash in between leaves the original where it was and the
+job ``running`` in the store; at start-up that job is marked failed and the file is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from deepguard.errors import DeepguardError
+from deepguard.fileio import write_atomically
+from deepguard.pipeline.jobs import Job, JobState, JobStore
+from deepguard.pipeline.protect import ProtectOptions, Protector
+from deepguard.settings import Settings
+from deepguard.stages.image_io import IMAGE_SUFFIXES
+from deepguard.stages.video_io import VIDEO_SUFFIXES
+
+log = logging.getLogger(__name__)
+SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+
+
+def content_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def move_unique(path: Path, folder: Path) -> Path:
+    """Move ``path`` into ``folder`` without overwriting anything already there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    counter = 1
+    while target.exists():
+        target = folder / f"{path.stem}.{counter}{path.suffix}"
+        counter += 1
+    shutil.move(path, target)
+    return target
+
+
+class WatchFolder:
+    """Polls ``in_dir``; one :meth:`poll` is one scan, :meth:`run` loops until stopped."""
+
+    def __init__(
+        self, in_dir: Path, out_dir: Path, protector: Protector, store: JobStore,
+        settings: Settings,
+    ) -> None:  # fmt: skip
+        self.in_dir, self.out_dir = in_dir, out_dir
+        self.protector = protector
+        self.store = store
+        self.settings = settings
+        self.done_dir, self.failed_dir = in_dir / "done", in_dir / "failed"
+        self._seen: dict[Path, tuple[int, float, float]] = {}  # size, mtime, first seen
+        self._busy: dict[Path, Future] = {}
+        self._pool = ThreadPoolExecutor(max_workers=settings.watch_concurrency)
+        self._stop = threading.Event()
+        for job in store.recover_interrupted(origin="watch"):
+            log.warning("job %s for %s was interrupted; its input will be redone", job.id,
+                        job.input)  # fmt: skip
+
+    def candidates(self) -> list[Path]:
+        """Files that may be inputs: supported types, not hidden (partial copies often are)."""
+        if not self.in_dir.is_dir():
+            raise DeepguardError(f"{self.in_dir}: watch folder does not exist")
+        return sorted(
+            p for p in self.in_dir.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUFFIXES
+        )  # fmt: skip
+
+    def ready(self, path: Path, now: float) -> bool:
+        """Complete once size and mtime held still for the configured time."""
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            self._seen.pop(path, None)
+            return False
+        key = (stat.st_size, stat.st_mtime)
+        previous = self._seen.get(path)
+        if previous is None or previous[:2] != key:
+            self._seen[path] = (*key, now)
+            return False
+        stable_since = max(previous[2], stat.st_mtime)
+        return stat.st_size > 0 and now - stable_since >= self.settings.watch_stable_seconds
+
+    def poll(self, wait: bool = False) -> list[Future]:
+        """Start work on every complete file; with ``wait``, also wait for it to finish."""
+        now = time.time()
+        self._busy = {p: f for p, f in self._busy.items() if not f.done()}
+        started = []
+        for path in self.candidates():
+            if path in self._busy or not self.ready(path, now):
+                continue
+            self._seen.pop(path, None)
+            future = self._pool.submit(self.process, path)
+            self._busy[path] = future
+            started.append(future)
+        if wait:
+            for future in started:
+                future.result()
+        return started
+
+    def process(self, path: Path) -> Job | None:
+        """Protect one complete input; never raises (the outcome is in the store)."""
+        try:
+            digest = content_hash(path)
+        except FileNotFoundError:
+            log.warning("%s vanished before it could be read", path.name)
+            return None
+        previous = self.store.find_done(digest)
+        if previous is not None:
+            log.info("%s: same content as job %s, already protected", path.name, previous.id)
+            move_unique(path, self.done_dir)
+            return previous
+        output = self._output_path(path, digest)
+        kind = "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
+        parameters = self.protector.config.model_dump(mode="json")
+        job = self.store.create("watch", kind, path, output, parameters, digest)
+        self.store.start(job.id)
+        try:
+            report = self.protector.protect(
+                path, output, ProtectOptions(),
+                progress=lambda stage, done, total: self._progress(job.id, stage, done, total),
+            )  # fmt: skip
+        except Exception as error:  # every failure is recorded, none stops the folder
+            message = str(error) if isinstance(error, DeepguardError) else repr(error)
+            self.store.finish(job.id, JobState.FAILED, error=message)
+            record = {"job": job.id, "input": path.name, "error": message, "time": time.time()}
+            # the original (if it still exists) and the reason end up side by side
+            moved = move_unique(path, self.failed_dir) if path.exists() else None
+            where = moved or self.failed_dir / path.name
+            write_atomically(where.with_name(where.name + ".error.json"),
+                             json.dumps(record, indent=2).encode())  # fmt: skip
+            log.error("%s failed: %s", path.name, message)
+            return self.store.get(job.id)
+        self.store.finish(job.id, JobState.DONE, report=report, output=output)
+        move_unique(path, self.done_dir)
+        log.info("%s protected → %s", path.name, output)
+        return self.store.get(job.id)
+
+    def _progress(self, job_id: str, stage: str, done: int, total: int) -> None:
+        if total and stage in ("attack", "remux"):  # an image's iterations, a video's frames
+            self.store.progress(job_id, done / total)
+
+    def _output_path(self, path: Path, digest: str) -> Path:
+        """``OUT/NAME``; a different file of the same name gets the content hash appended."""
+        output = self.out_dir / path.name
+        if output.exists():
+            output = self.out_dir / f"{path.stem}.{digest[:8]}{path.suffix}"
+        return output
+
+    def run(self, interval_s: float = 1.0) -> None:
+        """Scan until :meth:`stop` (or Ctrl-C)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        while not self._stop.is_set():
+            self.poll()
+            self._stop.wait(interval_s)
+        self._pool.shutdown(wait=True)
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,155 @@
+"""Job store, watch folder and retention, with real protection of small real images."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from deepguard.attack.config import load_preset
+from deepguard.pipeline.jobs import JobState, JobStore
+from deepguard.pipeline.protect import Protector
+from deepguard.pipeline.retention import cleanup
+from deepguard.pipeline.watch import WatchFolder
+from deepguard.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def protector() -> Protector:
+    config = load_preset("balanced", detectors=["yunet"], iterations=4, epsilon=8, step=2)
+    return Protector(config.model_copy(update={"repair_rounds": 1}))
+
+
+@pytest.fixture
+def face_jpeg(media_dir: Path, tmp_path: Path) -> Path:
+    image = Image.open(media_dir / "lp_s42.jpg").convert("RGB")
+    image.thumbnail((192, 192))
+    path = tmp_path / "portrait.jpg"
+    image.save(path, quality=95)
+    return path
+
+
+def _watch(tmp_path: Path, protector: Protector, store: JobStore | None = None):
+    settings = Settings(DEEPGUARD_DATA_DIR=tmp_path / "data", DEEPGUARD_WATCH_STABLE_SECONDS=0)
+    store = store or JobStore(tmp_path / "jobs.sqlite3")
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir(exist_ok=True)
+    return WatchFolder(in_dir, out_dir, protector, store, settings), store
+
+
+def _drain(watcher: WatchFolder) -> None:
+    for _ in range(3):  # the first scan records sizes, later ones find them stable
+        watcher.poll(wait=True)
+
+
+def test_store_round_trip_and_recovery(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job = store.create("cli", "image", Path("a.jpg"), Path("b.jpg"), {"epsilon": 6}, "abc")
+    store.start(job.id)
+    store.progress(job.id, 0.5)
+    assert store.get(job.id).state is JobState.RUNNING and store.get(job.id).progress == 0.5
+    reopened = JobStore(tmp_path / "jobs.sqlite3")  # as after a restart
+    (recovered,) = reopened.recover_interrupted()
+    assert recovered.id == job.id
+    again = reopened.get(job.id)
+    assert again.state is JobState.FAILED and "interrupted" in again.error
+    assert reopened.counts()["failed"] == 1 and reopened.find_done("abc") is None
+
+
+def test_watch_protects_once_and_moves_the_original(tmp_path, protector, face_jpeg):
+    watcher, store = _watch(tmp_path, protector)
+    shutil.copy(face_jpeg, watcher.in_dir / "a.jpg")
+    _drain(watcher)
+    assert (watcher.out_dir / "a.jpg").exists() and (watcher.in_dir / "done" / "a.jpg").exists()
+    (job,) = store.list()
+    assert job.state is JobState.DONE and job.report["detectors"]["yunet"]["faces_after"] == 0
+    # the same content dropped again, under another name: not protected twice
+    shutil.copy(face_jpeg, watcher.in_dir / "b.jpg")
+    _drain(watcher)
+    assert len(store.list()) == 1 and not (watcher.out_dir / "b.jpg").exists()
+    assert (watcher.in_dir / "done" / "b.jpg").exists()
+
+
+def test_partial_and_growing_files_wait(tmp_path, protector, face_jpeg):
+    watcher, store = _watch(tmp_path, protector)
+    hidden = watcher.in_dir / ".a.jpg.part"  # a copy in progress under a temporary name
+    hidden.write_bytes(face_jpeg.read_bytes()[:1000])
+    growing = watcher.in_dir / "b.jpg"
+    growing.write_bytes(face_jpeg.read_bytes()[:1000])
+    watcher.poll(wait=True)
+    with growing.open("ab") as handle:  # still being written between scans
+        handle.write(face_jpeg.read_bytes()[1000:])
+    watcher.poll(wait=True)
+    assert store.list() == []
+    _drain(watcher)
+    assert [j.input for j in store.list()] == [str(growing)] and hidden.exists()
+
+
+def test_failure_goes_to_failed_with_an_error_json(tmp_path, protector):
+    watcher, store = _watch(tmp_path, protector)
+    (watcher.in_dir / "broken.jpg").write_text("not a picture")
+    _drain(watcher)
+    (job,) = store.list()
+    assert job.state is JobState.FAILED and "broken.jpg" in job.error
+    record = json.loads((watcher.in_dir / "failed" / "broken.jpg.error.json").read_text())
+    assert record["job"] == job.id and (watcher.in_dir / "failed" / "broken.jpg").exists()
+    assert not list(watcher.out_dir.glob("*"))
+
+
+def test_disk_full_loses_nothing(tmp_path, protector, face_jpeg, monkeypatch):
+    watcher, store = _watch(tmp_path, protector)
+    shutil.copy(face_jpeg, watcher.in_dir / "a.jpg")
+
+    def no_space(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("deepguard.stages.remux.write_atomically", no_space)
+    _drain(watcher)
+    (job,) = store.list()
+    assert job.state is JobState.FAILED and "No space left" in job.error
+    assert (watcher.in_dir / "failed" / "a.jpg").read_bytes() == face_jpeg.read_bytes()
+    assert not list(watcher.out_dir.glob("*"))
+
+
+def test_restart_redoes_an_interrupted_job(tmp_path, protector, face_jpeg):
+    watcher, store = _watch(tmp_path, protector)
+    shutil.copy(face_jpeg, watcher.in_dir / "a.jpg")
+    crashed = store.create("watch", "image", watcher.in_dir / "a.jpg", None, {}, "x")
+    store.start(crashed.id)  # the process died here, the original is still in IN
+    watcher, store = _watch(tmp_path, protector, JobStore(tmp_path / "jobs.sqlite3"))
+    assert store.get(crashed.id).state is JobState.FAILED
+    _drain(watcher)
+    assert (watcher.out_dir / "a.jpg").exists()
+    assert store.counts()["done"] == 1
+
+
+def test_vanished_input_is_not_an_error(tmp_path, protector, face_jpeg):
+    watcher, store = _watch(tmp_path, protector)
+    path = watcher.in_dir / "a.jpg"
+    shutil.copy(face_jpeg, path)
+    path.unlink()
+    assert watcher.process(path) is None and store.list() == []
+
+
+def test_retention_deletes_old_media_and_archives_recent_reports(tmp_path: Path) -> None:
+    settings = Settings(DEEPGUARD_DATA_DIR=tmp_path, DEEPGUARD_ARCHIVED_REPORTS=2)
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    old, new = tmp_path / "uploads" / "old.jpg", tmp_path / "results" / "new.jpg"
+    for path in (old, new):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 100)
+    day_ago = time.time() - 25 * 3600
+    os.utime(old, (day_ago, day_ago))
+    for index in range(3):
+        job = store.create("web", "image", Path(f"{index}.jpg"))
+        store.finish(job.id, JobState.DONE, report={"n": index})
+    result = cleanup(settings, store)
+    assert not old.exists() and new.exists() and result.deleted_files == 1
+    archived = sorted((tmp_path / "archive").glob("*.json"))
+    assert len(archived) == 2 and result.archived_reports == 2
