@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= balanced
 export DEEPGUARD_WEIGHTS_DIR ?= $(abspath ../shared/weights)
 
-.PHONY: install protect test lint format bench clean
+.PHONY: install system-test-deps protect test lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check deepguard tests bench
 	$(BIN)/ruff format --check deepguard tests bench
 
-test: $(STAMP) lint
+# a real Prometheus server for the metrics test (Debian's package)
+system-test-deps:
+	@command -v prometheus >/dev/null || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; }
+
+test: $(STAMP) lint system-test-deps
 	$(BIN)/python -m pytest
 
 format: $(STAMP)

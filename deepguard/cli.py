@@ -109,17 +109,26 @@ def _protect(args: argparse.Namespace) -> int:
         output = Path(args.output) if args.output else default_output(source)
         jobs = [(source, output)]
         report_for = {source: Path(args.report) if args.report else None}
+    from deepguard.pipeline.jobs import JobStore, TrackedJob
+    from deepguard.settings import get_settings
+
     protector = Protector(config)
+    store = JobStore(get_settings().job_db_path)
+    parameters = config.model_dump(mode="json")
     failures = 0
     for path, output in jobs:
         bar = _progress_bar(path.name, args.quiet)
+        tracked = TrackedJob(store, "cli", path, output, parameters)
+
+        def progress(stage: str, done: int, total: int, bar=bar, tracked=tracked) -> None:
+            tracked.progress(stage, done, total)
+            if bar:
+                bar.update(stage, done, total)
+
         try:
-            report = protector.protect(
-                path,
-                output,
-                ProtectOptions(keep_metadata=args.keep_metadata, report_path=report_for[path]),
-                progress=bar.update if bar else None,
-            )
+            with tracked:
+                options = ProtectOptions(args.keep_metadata, report_for[path])
+                report = tracked.report = protector.protect(path, output, options, progress)
         except DeepguardError as error:
             if len(jobs) == 1:
                 raise
@@ -180,14 +189,19 @@ def _watch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from deepguard.pipeline.jobs import JobStore
+    from deepguard.pipeline.metrics import Metrics
     from deepguard.pipeline.protect import Protector
     from deepguard.pipeline.watch import WatchFolder
     from deepguard.settings import get_settings
 
     settings = get_settings()
+    store = JobStore(settings.job_db_path)
+    metrics = Metrics(store)
+    if args.metrics_port:
+        metrics.serve(args.metrics_port, settings.host)
     watcher = WatchFolder(
         Path(args.input), Path(args.output), Protector(_attack_config(args), settings),
-        JobStore(settings.job_db_path), settings,
+        store, settings, metrics,
     )  # fmt: skip
     if args.once:
         watcher.poll(wait=True)  # a first scan only records sizes; the second finds them stable
@@ -375,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("output", metavar="OUT_DIR")
     watch.add_argument("--interval", type=float, default=1.0, help="seconds between scans")
     watch.add_argument("--once", action="store_true", help="process what is there and exit")
+    watch.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     _add_attack_options(watch)
     watch.set_defaults(handler=_watch)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ SHARED = Path(os.environ.get("DEEPGUARD_SHARED_DIR", REPO_ROOT.parent / "shared"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 # the product reads weights through its settings; point them at the shared folder by default
 os.environ.setdefault("DEEPGUARD_WEIGHTS_DIR", str(SHARED / "weights"))
+# job store, uploads and results of the code under test go to a throwaway folder
+os.environ.setdefault("DEEPGUARD_DATA_DIR", tempfile.mkdtemp(prefix="deepguard-test-data-"))
 
 
 def _require(path: Path, what: str) -> Path:

@@ -31,6 +31,12 @@ class VideoConfig(BaseModel):
     warm_shrink_steps: int = Field(
         0, ge=0, description="bisection steps shrinking a warm-started frame's perturbation"
     )
+    refine_step: float = Field(
+        0.25,
+        gt=0,
+        description="step on warm-started frames, in pixel levels: small steps "
+        "change few pixels between frames, which is what keeps flicker down",
+    )
     refine_iterations: int = Field(
         4, ge=1, description="iterations on a warm-started frame that is not yet hidden"
     )
@@ -47,6 +53,14 @@ class VideoConfig(BaseModel):
         False, description="also verify on a JPEG re-compression of each frame (slower)"
     )
     crf: int = Field(17, ge=0, le=51, description="libx264 constant rate factor")
+    verify_crf_margin: int = Field(
+        4,
+        ge=0,
+        le=20,
+        description="verification encodes each frame alone at CRF + this: "
+        "inside the clip most frames are P or B frames, quantised more coarsely than a lone "
+        "I frame",
+    )
     x264_preset: str = Field("medium", description="libx264 speed/size preset")
 
 
@@ -131,6 +145,7 @@ class AttackConfig(BaseModel):
             update={
                 "repair_rounds": self.video.repair_rounds,
                 "shrink_steps": self.video.warm_shrink_steps,
+                "step": min(self.step, self.video.refine_step),
             }
         )
 

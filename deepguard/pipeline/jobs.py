@@ -17,6 +17,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from deepguard.errors import DeepguardError
+from deepguard.stages.video_io import VIDEO_SUFFIXES
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -188,3 +191,42 @@ class JobStore:
         columns = ", ".join(f"{name} = ?" for name in changes)
         with self._connect() as db:
             db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*changes.values(), job_id))
+
+
+def error_message(error: BaseException) -> str:
+    """What a user reads: our own errors as they are, anything else with its type."""
+    return str(error) if isinstance(error, DeepguardError) else repr(error)
+
+
+class TrackedJob:
+    """A job recorded in the store while its ``with`` block runs.
+
+    Entering creates it as running; leaving records done (with ``report``), cancelled on
+    Ctrl-C, or failed with the error, which propagates. Progress follows an image's
+    iterations or a video's frames.
+    """
+
+    def __init__(self, store: JobStore, origin: str, source: Path, output: Path,
+                 parameters: dict[str, Any], content_hash: str | None = None) -> None:  # fmt: skip
+        kind = "video" if source.suffix.lower() in VIDEO_SUFFIXES else "image"
+        self.store = store
+        self.output = output
+        self.job = store.create(origin, kind, source, output, parameters, content_hash)
+        self.report: dict[str, Any] | None = None
+
+    def __enter__(self) -> TrackedJob:
+        self.store.start(self.job.id)
+        return self
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        if total and stage in ("attack", "remux"):
+            self.store.progress(self.job.id, done / total)
+
+    def __exit__(self, kind, error, _traceback) -> None:
+        if error is None:
+            self.store.finish(self.job.id, JobState.DONE, report=self.report, output=self.output)
+        elif isinstance(error, KeyboardInterrupt):
+            self.store.finish(self.job.id, JobState.CANCELLED, error="cancelled")
+        else:
+            self.store.finish(self.job.id, JobState.FAILED, error=error_message(error))
+        self.job = self.store.get(self.job.id)

@@ -139,7 +139,9 @@ class _Run:
         self.pool_size = max(1, 4 * gpus if gpus else cpus - 1)
         self.cpus, self.gpus = cpus, gpus
         pix_fmt = output_pix_fmt(info.pix_fmt, info.width, info.height)
-        self.roundtrip = H264Roundtrip(pix_fmt, owner.encoder)
+        video = owner.config.video
+        harsher = EncoderSettings(min(51, video.crf + video.verify_crf_margin), video.x264_preset)
+        self.roundtrip = H264Roundtrip(pix_fmt, harsher)
 
     # -- actors ----------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from deepguard.errors import DeepguardError
 from deepguard.fileio import write_atomically
-from deepguard.pipeline.jobs import Job, JobState, JobStore
+from deepguard.pipeline.jobs import Job, JobStore, TrackedJob, error_message
+from deepguard.pipeline.metrics import Metrics
 from deepguard.pipeline.protect import ProtectOptions, Protector
 from deepguard.settings import Settings
 from deepguard.stages.image_io import IMAGE_SUFFIXES
@@ -56,12 +57,13 @@ class WatchFolder:
 
     def __init__(
         self, in_dir: Path, out_dir: Path, protector: Protector, store: JobStore,
-        settings: Settings,
+        settings: Settings, metrics: Metrics | None = None,
     ) -> None:  # fmt: skip
         self.in_dir, self.out_dir = in_dir, out_dir
         self.protector = protector
         self.store = store
         self.settings = settings
+        self.metrics = metrics
         self.done_dir, self.failed_dir = in_dir / "done", in_dir / "failed"
         self._seen: dict[Path, tuple[int, float, float]] = {}  # size, mtime, first seen
         self._busy: dict[Path, Future] = {}
@@ -113,7 +115,8 @@ class WatchFolder:
         return started
 
     def process(self, path: Path) -> Job | None:
-        """Protect one complete input; never raises (the outcome is in the store)."""
+        """Protect one complete input; never raises (the outcome is in the store and, on
+        failure, in an ``.error.json`` beside the original in ``failed/``)."""
         try:
             digest = content_hash(path)
         except FileNotFoundError:
@@ -125,34 +128,31 @@ class WatchFolder:
             move_unique(path, self.done_dir)
             return previous
         output = self._output_path(path, digest)
-        kind = "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
         parameters = self.protector.config.model_dump(mode="json")
-        job = self.store.create("watch", kind, path, output, parameters, digest)
-        self.store.start(job.id)
+        tracked = TrackedJob(self.store, "watch", path, output, parameters, digest)
         try:
-            report = self.protector.protect(
-                path, output, ProtectOptions(),
-                progress=lambda stage, done, total: self._progress(job.id, stage, done, total),
-            )  # fmt: skip
+            with tracked:
+                tracked.report = self.protector.protect(
+                    path, output, ProtectOptions(), progress=tracked.progress
+                )
         except Exception as error:  # every failure is recorded, none stops the folder
-            message = str(error) if isinstance(error, DeepguardError) else repr(error)
-            self.store.finish(job.id, JobState.FAILED, error=message)
-            record = {"job": job.id, "input": path.name, "error": message, "time": time.time()}
+            message = error_message(error)
+            if self.metrics:
+                self.metrics.job_failed(error)
             # the original (if it still exists) and the reason end up side by side
             moved = move_unique(path, self.failed_dir) if path.exists() else None
             where = moved or self.failed_dir / path.name
+            record = {"job": tracked.job.id, "input": path.name, "error": message,
+                      "time": time.time()}  # fmt: skip
             write_atomically(where.with_name(where.name + ".error.json"),
                              json.dumps(record, indent=2).encode())  # fmt: skip
             log.error("%s failed: %s", path.name, message)
-            return self.store.get(job.id)
-        self.store.finish(job.id, JobState.DONE, report=report, output=output)
+            return tracked.job
+        if self.metrics:
+            self.metrics.job_done(tracked.report)
         move_unique(path, self.done_dir)
         log.info("%s protected → %s", path.name, output)
-        return self.store.get(job.id)
-
-    def _progress(self, job_id: str, stage: str, done: int, total: int) -> None:
-        if total and stage in ("attack", "remux"):  # an image's iterations, a video's frames
-            self.store.progress(job_id, done / total)
+        return tracked.job
 
     def _output_path(self, path: Path, digest: str) -> Path:
         """``OUT/NAME``; a different file of the same name gets the content hash appended."""

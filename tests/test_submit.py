@@ -1,0 +1,62 @@
+"""Submission through the Ray Jobs API to a real head started with ``ray start --head``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from deepguard.errors import DeepguardError
+from deepguard.pipeline.submit import job_client, job_rows, submit, wait
+from tests.test_video_pipeline import _free_port
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def dashboard_address():
+    venv_bin = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}"}  # jobs run `deepguard`
+    port, dashboard = _free_port(), _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="dg-ray-")
+    ray.shutdown()
+    subprocess.run(
+        [str(venv_bin / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        check=True, capture_output=True, timeout=180, env=env,
+    )  # fmt: skip
+    yield f"http://127.0.0.1:{dashboard}"
+    subprocess.run([str(venv_bin / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+
+
+def _small_face(media_dir: Path, target: Path) -> Path:
+    image = Image.open(media_dir / "lp_s0.jpg").convert("RGB")
+    image.thumbnail((160, 160))
+    image.save(target, quality=95)
+    return target
+
+
+def test_two_jobs_run_to_completion_on_the_cluster(dashboard_address, media_dir, tmp_path):
+    client = job_client(dashboard_address)
+    inputs = [_small_face(media_dir, tmp_path / f"face{i}.jpg") for i in range(2)]
+    submissions = submit(client, inputs, tmp_path / "out", ["--detectors", "yunet",
+                                                            "--iterations", "4"])  # fmt: skip
+    statuses = wait(client, [s.job_id for s in submissions], timeout_s=600)
+    logs = {s.job_id: client.get_job_logs(s.job_id) for s in submissions}
+    assert set(statuses.values()) == {"SUCCEEDED"}, logs
+    for item in submissions:
+        assert item.output.exists() and item.report.exists()
+        assert '"faces_after": 0' in item.report.read_text()
+    listed = {row["id"] for row in job_rows(client)}
+    assert {s.job_id for s in submissions} <= listed
+
+
+def test_unreachable_jobs_api_is_a_clear_error():
+    with pytest.raises(DeepguardError, match="cannot reach the Ray Jobs API"):
+        job_client(f"http://127.0.0.1:{_free_port()}")
