@@ -153,3 +153,35 @@ def test_retention_deletes_old_media_and_archives_recent_reports(tmp_path: Path)
     assert not old.exists() and new.exists() and result.deleted_files == 1
     archived = sorted((tmp_path / "archive").glob("*.json"))
     assert len(archived) == 2 and result.archived_reports == 2
+
+
+def test_run_loop_processes_drops_until_stopped(tmp_path, protector, face_jpeg):
+    import threading
+
+    watcher, store = _watch(tmp_path, protector)
+    thread = threading.Thread(target=watcher.run, kwargs={"interval_s": 0.1}, daemon=True)
+    thread.start()
+    shutil.copy(face_jpeg, watcher.in_dir / "a.jpg")
+    deadline = time.monotonic() + 60
+    while not (watcher.in_dir / "done" / "a.jpg").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    watcher.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and (watcher.out_dir / "a.jpg").exists()
+    assert store.counts()["done"] == 1
+
+
+def test_input_vanishing_mid_job_fails_it_clearly(tmp_path, protector, face_jpeg, monkeypatch):
+    watcher, _ = _watch(tmp_path, protector)
+    path = watcher.in_dir / "a.jpg"
+    shutil.copy(face_jpeg, path)
+
+    def hash_then_lose(target: Path) -> str:
+        target.unlink()  # deleted by someone else right after it was read
+        return "0" * 64
+
+    monkeypatch.setattr("deepguard.pipeline.watch.content_hash", hash_then_lose)
+    job = watcher.process(path)
+    assert job.state is JobState.FAILED and "no such file" in job.error
+    record = json.loads((watcher.in_dir / "failed" / "a.jpg.error.json").read_text())
+    assert record["job"] == job.id and not list(watcher.out_dir.glob("*"))

@@ -24,6 +24,7 @@ from deepguard.fileio import write_atomically
 from deepguard.pipeline.jobs import Job, JobStore, TrackedJob, error_message
 from deepguard.pipeline.metrics import Metrics
 from deepguard.pipeline.protect import ProtectOptions, Protector
+from deepguard.pipeline.retention import cleanup
 from deepguard.settings import Settings
 from deepguard.stages.image_io import IMAGE_SUFFIXES
 from deepguard.stages.video_io import VIDEO_SUFFIXES
@@ -161,10 +162,15 @@ class WatchFolder:
             output = self.out_dir / f"{path.stem}.{digest[:8]}{path.suffix}"
         return output
 
-    def run(self, interval_s: float = 1.0) -> None:
-        """Scan until :meth:`stop` (or Ctrl-C)."""
+    def run(self, interval_s: float = 1.0, cleanup_every_s: float = 3600.0) -> None:
+        """Scan until :meth:`stop` (or Ctrl-C); apply retention once an hour meanwhile."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        next_cleanup = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() >= next_cleanup:
+                result = cleanup(self.settings, self.store)
+                log.info("retention: %s", result)
+                next_cleanup = time.monotonic() + cleanup_every_s
             self.poll()
             self._stop.wait(interval_s)
         self._pool.shutdown(wait=True)
