@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,20 @@ def test_two_jobs_run_to_completion_on_the_cluster(dashboard_address, media_dir,
 def test_unreachable_jobs_api_is_a_clear_error():
     with pytest.raises(DeepguardError, match="cannot reach the Ray Jobs API"):
         job_client(f"http://127.0.0.1:{_free_port()}")
+
+
+def test_cancelled_job_stops_and_leaves_no_output(dashboard_address, videos_dir, tmp_path):
+    from deepguard.cli import main
+    from tests.media import make_clip
+
+    clip = make_clip(videos_dir / "lp_d11.mp4", tmp_path / "talk.mp4", 40, size=(256, 256))
+    client = job_client(dashboard_address)
+    (item,) = submit(client, [clip], tmp_path / "out")
+    deadline = time.monotonic() + 120
+    while str(client.get_job_status(item.job_id).value) != "RUNNING":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.5)
+    assert main(["jobs", "--address", dashboard_address, "cancel", item.job_id]) == 0
+    assert wait(client, [item.job_id], timeout_s=120)[item.job_id] == "STOPPED"
+    assert not item.output.exists() and not list((tmp_path / "out").glob("*"))  # no partials
+    assert main(["jobs", "--address", dashboard_address, "list"]) == 0
