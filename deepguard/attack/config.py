@@ -119,6 +119,13 @@ class AttackConfig(BaseModel):
     )
     shrink_steps: int = Field(3, ge=0, description="bisection steps shrinking the perturbation")
     repair_rounds: int = Field(3, ge=0)
+    give_up_ratio: float | None = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="a detector still finding a face whose loss fell by less "
+        "than this fraction during the main iterations is left out of the repair rounds",
+    )
     repair_iterations: int = Field(5, ge=1)
     output_jpeg_quality: int = Field(92, ge=50, le=100)
     seed: int | None = 0

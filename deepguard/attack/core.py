@@ -78,6 +78,8 @@ class _Run:
     total_budget: int
     iterations: int = 0
     passes: int = 0
+    # detector → its score loss summed over views, per iteration (to spot a stalled one)
+    losses: dict[str, list[float]] = field(default_factory=dict)
 
 
 def frames_to_tensor(frames: np.ndarray, device: torch.device | str) -> Tensor:
@@ -252,7 +254,9 @@ class FacePoison:
                 self._shrink(run)
             out = self._finish(run, run.delta)
             faces_after = self.verify(out, roundtrip)
-            hidden = all(sum(faces_after[d.name]) == 0 for d in active)
+            if rounds == 0 and config.give_up_ratio:
+                run.detectors = self._without_stalled(run, faces_after)
+            hidden = all(sum(faces_after[d.name]) == 0 for d in run.detectors)
             if hidden or rounds >= config.repair_rounds:
                 break
             rounds += 1
@@ -312,6 +316,22 @@ class FacePoison:
                 log.debug("hidden after delivery at iteration %d", run.iterations)
                 break
 
+    def _without_stalled(self, run: _Run, faces_after: dict[str, list[int]]) -> list[FaceDetector]:
+        """Leave out of the repair rounds a detector that still finds a face after the main
+        iterations and whose loss fell by less than ``give_up_ratio``: more of the same
+        budget will not hide it, and every repair round would be spent on it in vain."""
+        kept = []
+        for detector in run.detectors:
+            trace = run.losses.get(detector.name, [])
+            visible = sum(faces_after[detector.name]) > 0
+            stalled = len(trace) > 1 and trace[-1] > (1 - self.config.give_up_ratio) * trace[0]
+            if visible and stalled:
+                log.info("%s: loss %.3g → %.3g; left out of the repair rounds", detector.name,
+                         trace[0], trace[-1])  # fmt: skip
+            else:
+                kept.append(detector)
+        return kept
+
     def _ensemble_gradient(
         self, view: Tensor, window: Window, run: _Run
     ) -> tuple[Tensor | None, Tensor | None]:
@@ -332,6 +352,10 @@ class FacePoison:
                 score = score_suppression_loss(maps, detector.score_floors(config.score_floor))
                 excess = float(score.detach())
                 log.debug("%s %s: score loss %.3g", detector.name, window, excess)
+                trace = run.losses.setdefault(detector.name, [])
+                if len(trace) < run.iterations + 1:
+                    trace.append(0.0)
+                trace[-1] += excess
                 if excess > 0:
                     terms.append(score)
             if importance is not None and features and terms:

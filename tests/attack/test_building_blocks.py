@@ -81,3 +81,22 @@ def test_presets_load_and_overrides_are_validated() -> None:
         load_preset("balanced", epsilon=1, step=2)
     with pytest.raises(DeepguardError, match="unknown preset"):
         load_preset("gentle")
+
+
+def test_a_stalled_detector_is_left_out_of_the_repairs() -> None:
+    from types import SimpleNamespace
+
+    from deepguard.attack.core import FacePoison
+
+    config = load_preset("balanced")  # give_up_ratio 0.3
+    names = ["retinaface", "mtcnn", "yunet", "hidden"]
+    detectors = [SimpleNamespace(name=name) for name in names]
+    attack = FacePoison(config, detectors=detectors)
+    run = SimpleNamespace(
+        detectors=detectors,
+        losses={"retinaface": [100.0, 40.0], "mtcnn": [463.0, 368.0],
+                "yunet": [172.0, 98.8], "hidden": [50.0, 49.0]},
+    )  # fmt: skip
+    still_found = {"retinaface": [1], "mtcnn": [1], "yunet": [2], "hidden": [0]}
+    kept = [d.name for d in attack._without_stalled(run, still_found)]
+    assert kept == ["retinaface", "yunet", "hidden"]  # mtcnn fell 20 %: no more repairs
