@@ -254,7 +254,7 @@ class FacePoison:
                 self._shrink(run)
             out = self._finish(run, run.delta)
             faces_after = self.verify(out, roundtrip)
-            if rounds == 0 and config.give_up_ratio:
+            if rounds == 1 and config.give_up_ratio:  # after the main iterations + one repair
                 run.detectors = self._without_stalled(run, faces_after)
             hidden = all(sum(faces_after[d.name]) == 0 for d in run.detectors)
             if hidden or rounds >= config.repair_rounds:
@@ -317,9 +317,11 @@ class FacePoison:
                 break
 
     def _without_stalled(self, run: _Run, faces_after: dict[str, list[int]]) -> list[FaceDetector]:
-        """Leave out of the repair rounds a detector that still finds a face after the main
-        iterations and whose loss fell by less than ``give_up_ratio``: more of the same
-        budget will not hide it, and every repair round would be spent on it in vain."""
+        """Leave out of further repair rounds a detector that still finds a face after the
+        main iterations and one repair round, and whose loss fell by less than
+        ``give_up_ratio`` over them: more of the same budget will not hide it, and every
+        repair round would be spent on it in vain. (Judged after the main iterations alone,
+        the noisy loss of a detector one repair away from hiding can look stalled.)"""
         kept = []
         for detector in run.detectors:
             trace = run.losses.get(detector.name, [])

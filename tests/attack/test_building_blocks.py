@@ -88,7 +88,7 @@ def test_a_stalled_detector_is_left_out_of_the_repairs() -> None:
 
     from deepguard.attack.core import FacePoison
 
-    config = load_preset("balanced")  # give_up_ratio 0.3
+    config = load_preset("balanced").model_copy(update={"give_up_ratio": 0.3})
     names = ["retinaface", "mtcnn", "yunet", "hidden"]
     detectors = [SimpleNamespace(name=name) for name in names]
     attack = FacePoison(config, detectors=detectors)
