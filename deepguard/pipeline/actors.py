@@ -19,7 +19,7 @@ import torch
 from deepguard.stages.chunk import Chunk
 from deepguard.stages.decode import VideoSource
 from deepguard.stages.remux import VideoSink
-from deepguard.stages.video_io import EncoderSettings
+from deepguard.stages.video_io import EncoderSettings, VideoInfo
 
 #: what the driver learns from each call: stage name, chunk start, frames, seconds
 Progress = dict[str, Any]
@@ -79,9 +79,8 @@ class DecodeActor:
 class RemuxActor:
     """Owns the output file while it is written; frames never come back to the driver."""
 
-    def __init__(self, source: str, max_pixels: int, partial: str, container: str,
+    def __init__(self, info: VideoInfo, partial: str, container: str,
                  settings: EncoderSettings) -> None:  # fmt: skip
-        info = VideoSource(Path(source), max_pixels).info
         self.sink = VideoSink(info, Path(partial), container, settings)
         self.expected = 0
 

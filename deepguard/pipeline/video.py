@@ -172,7 +172,7 @@ class _Run:
         smooth = functools.partial(_build_smooth, config, device, self.roundtrip)
         self.smoother = self._stage("smooth", smooth, True)
         self.remux = RemuxActor.options(num_cpus=0).remote(
-            str(info.path), max_pixels, str(self.partial), self.container, self.owner.encoder
+            info, str(self.partial), self.container, self.owner.encoder
         )
         self.actors.append(self.remux)
 
@@ -206,15 +206,10 @@ class _Run:
                     finished = True
                     break
                 self._advance(record)
-                _, chunk = self.scenecut.process.options(num_returns=2).remote(chunk)
-                watched.append(_)
-                _, chunk = self.tracker.process.options(num_returns=2).remote(chunk)
-                watched.append(_)
                 worker = self.pool[submitted % self.pool_size]
-                _, chunk = worker.process.options(num_returns=2).remote(chunk)
-                watched.append(_)
-                _, chunk = self.smoother.process.options(num_returns=2).remote(chunk)
-                watched.append(_)
+                for stage in (self.scenecut, self.tracker, worker, self.smoother):
+                    record, chunk = stage.process.options(num_returns=2).remote(chunk)
+                    watched.append(record)
                 written, stats = self.remux.process.options(num_returns=2).remote(chunk)
                 in_flight.append((written, stats))
                 submitted += 1
@@ -268,6 +263,8 @@ class _Run:
             container=self.container,
         )
         verify = functools.partial(_build_verify, self.config, self.device)
+        for actor in (*self.pool, self.scenecut, self.tracker, self.smoother):
+            ray.kill(actor)  # done with; free their CPUs and memory for the verify pool
         pool = [self._stage("verify", verify, False, heavy=True) for _ in range(self.pool_size)]
         pending: deque[tuple[ray.ObjectRef, ray.ObjectRef]] = deque()
         written_pts: list[int] = []
