@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from deepguard.errors import DeepguardError
+from deepguard.progress import DETAIL_SEPARATOR
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -287,6 +288,8 @@ class _ProgressBar:
     def update(self, phase: str, done: int, total: int) -> None:
         from tqdm import tqdm
 
+        if DETAIL_SEPARATOR in phase:  # per-detector detail: the dashboard shows it
+            return
         bar = self.bars.get(phase)
         if bar is None:
             unit = "it" if phase == "attack" else "frame"

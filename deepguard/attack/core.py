@@ -29,13 +29,12 @@ from deepguard.attack.regions import Window, detector_views, face_windows, merge
 from deepguard.attack.transforms import RandomTransform, quantize_uint8, resize
 from deepguard.models.base import Detections, FaceDetector
 from deepguard.models.registry import load_detectors
+from deepguard.progress import Progress, detector_phase
 
 log = logging.getLogger(__name__)
 
 #: a codec round-trip applied to the rounded output before verification (N×H×W×3 uint8)
 Roundtrip = Callable[[np.ndarray], np.ndarray]
-#: progress callback: (phase, done, total)
-Progress = Callable[[str, int, int], None]
 
 _TINY = 1e-12
 
@@ -254,6 +253,9 @@ class FacePoison:
                 self._shrink(run)
             out = self._finish(run, run.delta)
             faces_after = self.verify(out, roundtrip)
+            if progress:
+                for name, found in faces_after.items():
+                    progress(detector_phase("faces", name), sum(found), sum(faces_before[name]))
             if rounds == 1 and config.give_up_ratio:  # after the main iterations + one repair
                 run.detectors = self._without_stalled(run, faces_after)
             hidden = all(sum(faces_after[d.name]) == 0 for d in run.detectors)
@@ -296,6 +298,7 @@ class FacePoison:
             run.iterations += 1
             if run.progress:
                 run.progress("attack", run.iterations, run.total_budget)
+                self._report_losses(run)
             if not any(s.requires_grad for s in surrogates):
                 break  # no detector sees anything to push down any more
             parts = [
@@ -315,6 +318,14 @@ class FacePoison:
             if checkpoint and not self._visible_after_delivery(run, run.delta):
                 log.debug("hidden after delivery at iteration %d", run.iterations)
                 break
+
+    @staticmethod
+    def _report_losses(run: _Run) -> None:
+        """Per detector: how much of its score loss this call has removed so far."""
+        for name, trace in run.losses.items():
+            if trace and trace[0] > 0:
+                removed = 1 - trace[-1] / trace[0]
+                run.progress(detector_phase("loss", name), round(100 * max(0.0, removed)), 100)
 
     def _without_stalled(self, run: _Run, faces_after: dict[str, list[int]]) -> list[FaceDetector]:
         """Leave out of further repair rounds a detector that still finds a face after the

@@ -56,7 +56,14 @@ class StageActor:
         self.expected = chunk.stop
         frames = len(chunk)
         chunk = self.stage.process(chunk)
-        return _progress(self.name, chunk, started, frames), chunk
+        record = _progress(self.name, chunk, started, frames)
+        if self.name == "poison":  # faces each detector found before and after, this chunk
+            record["faces"] = {
+                name: [sum(row["faces_before"][name] for row in chunk.stats),
+                       sum(row["faces_after_roundtrip"][name] for row in chunk.stats)]
+                for name in chunk.stats[0]["faces_before"]
+            }  # fmt: skip
+        return record, chunk
 
 
 @ray.remote

@@ -31,6 +31,7 @@ from deepguard.fileio import temporary_beside, write_atomically
 from deepguard.models.registry import load_detector
 from deepguard.pipeline.actors import DecodeActor, RemuxActor, StageActor
 from deepguard.pipeline.cluster import cluster_devices, connect
+from deepguard.progress import detector_phase
 from deepguard.settings import Settings, get_settings
 from deepguard.stages.decode import VideoSource
 from deepguard.stages.poison import PoisonStage
@@ -131,6 +132,7 @@ class _Run:
         self.progress = progress
         self.done = dict.fromkeys(STAGES, 0)
         self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.faces: dict[str, list[int]] = {}  # detector → faces found before, after
         self.pts: list[int] = []
         self.actors: list[ray.actor.ActorHandle] = []
         self.remux: ray.actor.ActorHandle | None = None
@@ -231,6 +233,11 @@ class _Run:
         if stage == "decode":
             self.pts += record.get("pts", [])
         self.progress(stage, self.done[stage], self.info.frames)
+        for name, (before, after) in record.get("faces", {}).items():
+            totals = self.faces.setdefault(name, [0, 0])
+            totals[0] += before
+            totals[1] += after
+            self.progress(detector_phase("faces", name), totals[1], totals[0])
 
     def _poll(self, refs: list[ray.ObjectRef], wait: bool = False) -> list[ray.ObjectRef]:
         """Account for finished stage calls; returns the ones still running."""
