@@ -121,7 +121,7 @@ def _protect(args: argparse.Namespace) -> int:
     failures = 0
     for path, output in jobs:
         bar = _progress_bar(path.name, args.quiet)
-        tracked = TrackedJob(store, "cli", path, output, parameters)
+        tracked = TrackedJob.new(store, "cli", path, output, parameters)
 
         def progress(stage: str, done: int, total: int, bar=bar, tracked=tracked) -> None:
             tracked.progress(stage, done, total)
@@ -427,6 +427,19 @@ def build_parser() -> argparse.ArgumentParser:
         job_commands.add_parser(action, help=f"{action} of one job").add_argument("id")
     jobs.set_defaults(handler=_jobs)
 
+    serve = commands.add_parser(
+        "serve",
+        help="run the web dashboard and HTTP API",
+        description="Serve the dashboard and its API (OpenAPI at /docs) on HOST:PORT from the "
+        "settings. Binding beyond localhost needs DEEPGUARD_API_TOKEN.",
+    )
+    serve.add_argument("--host", help="bind address (default $HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default $PORT or 5000)")
+    serve.add_argument(
+        "--no-token", action="store_true", help="allow a non-local bind without an API token"
+    )
+    serve.set_defaults(handler=_serve)
+
     models = commands.add_parser(
         "models",
         help="list, download and verify the face-detector weights",
@@ -448,6 +461,37 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("names", nargs="*", metavar="NAME", help="detector names (default: all)")
     verify.set_defaults(handler=_models_verify)
     return parser
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from deepguard.settings import get_settings
+    from deepguard.web.app import create_app
+
+    settings = get_settings()
+    settings = settings.model_copy(update={"host": args.host or settings.host,
+                                           "port": args.port or settings.port})  # fmt: skip
+    if not settings.api_token and not _is_loopback(settings.host) and not args.no_token:
+        raise DeepguardError(
+            f"binding {settings.host} opens the dashboard to the network: set "
+            "DEEPGUARD_API_TOKEN, or pass --no-token if a proxy in front authenticates"
+        )
+    logging.getLogger("deepguard").setLevel(logging.INFO)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                proxy_headers=True, log_level="info")  # fmt: skip
+    return 0
 
 
 def _interrupt(signum: int, _frame: object) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 Progress = Callable[[str, int, int], None]
 DETAIL_SEPARATOR = ":"
+#: the phases of a video job, in pipeline order (an image job has "attack" only)
+VIDEO_STAGES = ("decode", "scenecut", "track", "poison", "smooth", "remux", "verify")
 
 
 def detector_phase(kind: str, detector: str) -> str:

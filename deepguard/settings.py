@@ -82,6 +82,36 @@ class Settings(BaseSettings):
     preferred_url_scheme: Literal["http", "https"] = Field(
         default="http", validation_alias=AliasChoices("PREFERRED_URL_SCHEME")
     )
+    root_path: str = Field(
+        default="",
+        validation_alias=AliasChoices("DEEPGUARD_ROOT_PATH"),
+        description="Path prefix when served behind a reverse proxy, e.g. /deepguard.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DEEPGUARD_PUBLIC_URL"),
+        description="Base URL put in result links and QR codes (default: from the request).",
+    )
+    api_token: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DEEPGUARD_API_TOKEN"),
+        description="Bearer token the dashboard and API require; needed to bind beyond localhost.",
+    )
+    max_upload_mb: float = Field(
+        default=500, gt=0, validation_alias=AliasChoices("DEEPGUARD_MAX_UPLOAD_MB")
+    )
+    web_concurrency: int = Field(
+        default=1,
+        ge=1,
+        validation_alias=AliasChoices("DEEPGUARD_WEB_CONCURRENCY"),
+        description="Dashboard jobs processed at once; more wait in the queue.",
+    )
+    web_max_queue: int = Field(
+        default=16,
+        ge=1,
+        validation_alias=AliasChoices("DEEPGUARD_WEB_MAX_QUEUE"),
+        description="Dashboard jobs waiting at most; further submissions are refused (429).",
+    )
 
     @property
     def job_db_path(self) -> Path:

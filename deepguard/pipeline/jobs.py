@@ -21,6 +21,11 @@ from deepguard.errors import DeepguardError
 from deepguard.stages.video_io import VIDEO_SUFFIXES
 
 
+def new_job_id() -> str:
+    """122 random bits as 32 hex digits: one user cannot guess another's job."""
+    return uuid.uuid4().hex
+
+
 class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -111,8 +116,9 @@ class JobStore:
         output: Path | None = None,
         parameters: dict[str, Any] | None = None,
         content_hash: str | None = None,
+        job_id: str | None = None,
     ) -> Job:
-        job_id = uuid.uuid4().hex[:12]
+        job_id = job_id or new_job_id()
         with self._connect() as db:
             db.execute(
                 "INSERT INTO jobs (id, origin, kind, state, input, output, content_hash,"
@@ -187,6 +193,10 @@ class JobStore:
             self.finish(job.id, JobState.FAILED, error="interrupted (the service stopped)")
         return jobs
 
+    def delete(self, job_id: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
     def _update(self, job_id: str, **changes: Any) -> None:
         columns = ", ".join(f"{name} = ?" for name in changes)
         with self._connect() as db:
@@ -201,18 +211,23 @@ def error_message(error: BaseException) -> str:
 class TrackedJob:
     """A job recorded in the store while its ``with`` block runs.
 
-    Entering creates it as running; leaving records done (with ``report``), cancelled on
+    Entering marks it running; leaving records done (with ``report``), cancelled on
     Ctrl-C, or failed with the error, which propagates. Progress follows an image's
     iterations or a video's frames.
     """
 
-    def __init__(self, store: JobStore, origin: str, source: Path, output: Path,
-                 parameters: dict[str, Any], content_hash: str | None = None) -> None:  # fmt: skip
-        kind = "video" if source.suffix.lower() in VIDEO_SUFFIXES else "image"
+    def __init__(self, store: JobStore, job: Job) -> None:
         self.store = store
-        self.output = output
-        self.job = store.create(origin, kind, source, output, parameters, content_hash)
+        self.job = job
+        self.output = Path(job.output) if job.output else None
         self.report: dict[str, Any] | None = None
+
+    @classmethod
+    def new(cls, store: JobStore, origin: str, source: Path, output: Path,
+            parameters: dict[str, Any], content_hash: str | None = None) -> TrackedJob:  # fmt: skip
+        """Create the job (kind from the file name) and track it."""
+        kind = "video" if source.suffix.lower() in VIDEO_SUFFIXES else "image"
+        return cls(store, store.create(origin, kind, source, output, parameters, content_hash))
 
     def __enter__(self) -> TrackedJob:
         self.store.start(self.job.id)

@@ -31,7 +31,7 @@ from deepguard.fileio import temporary_beside, write_atomically
 from deepguard.models.registry import load_detector
 from deepguard.pipeline.actors import DecodeActor, RemuxActor, StageActor
 from deepguard.pipeline.cluster import cluster_devices, connect
-from deepguard.progress import detector_phase
+from deepguard.progress import VIDEO_STAGES, detector_phase
 from deepguard.settings import Settings, get_settings
 from deepguard.stages.decode import VideoSource
 from deepguard.stages.poison import PoisonStage
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 #: progress callback: (stage, frames done, frames expected or 0 when unknown)
 StageProgress = Callable[[str, int, int], None]
-STAGES = ("decode", "scenecut", "track", "poison", "smooth", "remux", "verify")
+STAGES = VIDEO_STAGES
 
 
 # -- stage builders: module-level so Ray can pickle them into the actors --------------------

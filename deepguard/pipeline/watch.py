@@ -130,7 +130,7 @@ class WatchFolder:
             return previous
         output = self._output_path(path, digest)
         parameters = self.protector.config.model_dump(mode="json")
-        tracked = TrackedJob(self.store, "watch", path, output, parameters, digest)
+        tracked = TrackedJob.new(self.store, "watch", path, output, parameters, digest)
         try:
             with tracked:
                 tracked.report = self.protector.protect(
