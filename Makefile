@@ -28,12 +28,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check deepguard tests bench
 	$(BIN)/ruff format --check deepguard tests bench
 
-# a real Prometheus server for the metrics test (Debian's package)
+# system packages the tests use for real: a Prometheus server for the metrics test, Chromium
+# for the dashboard's end-to-end tests (Playwright drives it; it downloads no browser of its
+# own) and a Korean font so the Korean screenshots are legible. Debian's packages.
+SYSTEM_TEST_PACKAGES := prometheus chromium fonts-nanum
 system-test-deps:
-	@command -v prometheus >/dev/null || { \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
-	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; }
+	@missing=""; for p in $(SYSTEM_TEST_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && \
+	    apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; fi
 
 test: $(STAMP) lint system-test-deps
 	$(BIN)/python -m pytest

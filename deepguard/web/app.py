@@ -387,15 +387,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.websocket("/api/jobs/{job_id}/events")
     async def events(websocket: WebSocket, job_id: str) -> None:
         """Sends the job (as GET /api/jobs/{id}) whenever it changes, until it ends."""
+        await websocket.accept()  # then close with a code the page can read (4401, 4404)
         if not authorized(websocket.headers, websocket.cookies):
-            await websocket.close(code=4401)
+            await websocket.close(code=4401, reason="unauthorized")
             return
         try:
             find(job_id)
         except ApiError:
-            await websocket.close(code=4404)
+            await websocket.close(code=4404, reason="job not found")
             return
-        await websocket.accept()
         last = None
         try:
             while True:

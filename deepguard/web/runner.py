@@ -77,7 +77,8 @@ class LiveProgress:
             return self.estimate_s
         elapsed = time.time() - self.started
         fraction = self.fraction()
-        if fraction >= 0.05:
+        main = self.phases.get("attack" if self.kind == "image" else "poison", {})
+        if main.get("done") and fraction >= 0.05:  # decoding alone says little about the pace
             return max(0.0, elapsed * (1 - fraction) / fraction)
         return max(0.0, self.estimate_s - elapsed) if self.estimate_s is not None else None
 

@@ -288,6 +288,7 @@ function follow(id) {
   socket.onclose = (event) => {
     state.socket = null;
     if (event.code === 4401) { showError(new ApiError(401, "unauthorized", "")); return; }
+    if (event.code === 4404) { showError(new ApiError(404, "job_not_found", "")); return; }
     if (state.job && state.job.id === id && !state.job.final) setTimeout(() => follow(id), 1000);
   };
 }

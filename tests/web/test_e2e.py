@@ -1,0 +1,280 @@
+"""End to end: the dashboard in a real headless Chromium (Debian's), driven by Playwright.
+
+``deepguard serve`` runs as its own process, exactly as an operator starts it; the browser
+uploads a shared photo and a clip cut from a shared video, follows the live progress, opens
+the compare, slider and heatmap views, decodes the QR code from the rendered page, downloads
+both files and checks them. Screenshots of every main state go to ``artifacts/screenshots``
+(or ``$DEEPGUARD_SCREENSHOTS``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import cv2
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import IN_CI, REPO_ROOT
+from tests.media import make_clip
+
+pytestmark = pytest.mark.slow
+CHROMIUM = Path(os.environ.get("DEEPGUARD_CHROMIUM", "/usr/bin/chromium"))
+SCREENSHOTS = Path(os.environ.get("DEEPGUARD_SCREENSHOTS", REPO_ROOT / "artifacts" / "screenshots"))
+# as root, in a sandbox with no outside network: no sandboxing, no background connections
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--autoplay-policy=no-user-gesture-required"]  # fmt: skip
+JOB_TIMEOUT_MS = 240_000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        message = f"Chromium not found at {CHROMIUM} (make system-test-deps installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``deepguard serve`` in its own process, with its own data folder and a local Ray."""
+    port = _free_port()
+    data = tmp_path_factory.mktemp("e2e-data")
+    env = {**os.environ, "DEEPGUARD_DATA_DIR": str(data), "PORT": str(port), "RAY_ADDRESS": ""}
+    log = (data / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("deepguard")), "serve"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError((data / "serve.log").read_text())
+        time.sleep(0.3)
+    yield base
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
+                   capture_output=True, timeout=120)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shots() -> Path:
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
+    SCREENSHOTS.mkdir(parents=True)
+    return SCREENSHOTS
+
+
+@pytest.fixture(scope="module")
+def photo(media_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    image = Image.open(media_dir / "lp_s0.jpg").convert("RGB")
+    image.thumbnail((320, 320))
+    path = tmp_path_factory.mktemp("e2e-media") / "press photo.jpg"
+    image.save(path, "JPEG", quality=95)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(videos_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("e2e-media") / "interview.mp4"
+    return make_clip(videos_dir / "lp_s18.mp4", target, 12, size=(192, 192))
+
+
+def _choose_quick_options(page, iterations: int) -> None:
+    """Advanced panel: RetinaFace alone and a few iterations, so a CPU finishes in seconds."""
+    page.click("#advanced summary")
+    for box in page.query_selector_all("#detectors input:checked"):
+        box.uncheck()
+    page.check("#detectors input[value=retinaface]")
+    page.fill("#iterations", str(iterations))
+    page.dispatch_event("#iterations", "change")
+    page.wait_for_function("document.querySelector('#estimate').textContent.length > 0")
+
+
+def _protect(page, path: Path, shots: Path, prefix: str, iterations: int) -> str:
+    """Upload through the file picker, start with quick options, follow it to the result."""
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("#options:not([hidden])")
+    _choose_quick_options(page, iterations)
+    page.screenshot(path=shots / f"{prefix}-1-options.png", full_page=True)
+    page.click("#start")
+    page.wait_for_url("**/jobs/*")
+    page.wait_for_selector("#phases .phase", timeout=JOB_TIMEOUT_MS)
+    page.screenshot(path=shots / f"{prefix}-2-progress.png", full_page=True)
+    page.wait_for_selector("#result:not([hidden])", timeout=JOB_TIMEOUT_MS)
+    page.wait_for_function("document.querySelector('#side-protected').naturalWidth > 0")
+    page.screenshot(path=shots / f"{prefix}-3-result.png", full_page=True)
+    return page.url.rsplit("/", 1)[-1]
+
+
+def _open_views(page, shots: Path, prefix: str) -> None:
+    page.click(".tabs button[data-mode=slider]")
+    page.fill("#slider-pos", "30")
+    page.dispatch_event("#slider-pos", "input")
+    page.screenshot(path=shots / f"{prefix}-4-slider.png", full_page=True)
+    page.click(".tabs button[data-mode=heatmap]")
+    heatmap = page.locator("#heatmap")
+    heatmap.wait_for()
+    lit = page.evaluate("""() => {
+        const c = document.querySelector('#heatmap');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let lit = 0;
+        for (let i = 0; i < d.length; i += 4) lit += d[i] > 0;
+        return lit / (d.length / 4);
+    }""")
+    assert 0 < lit < 1, "the heatmap shows where the perturbation is, not everywhere"
+    box = heatmap.bounding_box()
+    heatmap.hover(position={"x": box["width"] / 2, "y": box["height"] / 2})
+    page.wait_for_function("document.querySelector('#hover-readout').dataset.max !== undefined")
+    assert "x " in page.text_content("#hover-readout")
+    page.screenshot(path=shots / f"{prefix}-5-heatmap.png", full_page=True)
+
+
+def _qr_url(page, shots: Path, prefix: str) -> str:
+    """Decode the QR code as rendered in the page (an element screenshot)."""
+    page.locator("#qr").scroll_into_view_if_needed()
+    page.wait_for_function("document.querySelector('#qr').naturalWidth > 0")
+    png = page.locator("#qr").screenshot(path=shots / f"{prefix}-qr.png")
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    text, _, _ = cv2.QRCodeDetector().detectAndDecode(image)
+    return text
+
+
+def _download(page, selector: str, folder: Path) -> Path:
+    with page.expect_download() as download:
+        page.click(selector)
+    target = folder / download.value.suggested_filename
+    download.value.save_as(target)
+    return target
+
+
+def test_photo_end_to_end(browser, server: str, photo: Path, shots: Path, tmp_path: Path):
+    context = browser.new_context(locale="en-US", accept_downloads=True,
+                                  viewport={"width": 1280, "height": 900})  # fmt: skip
+    page = context.new_page()
+    page.goto(server)
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.text_content("header .tagline") == "Protect photos and clips against face swaps"
+    page.screenshot(path=shots / "photo-0-start.png", full_page=True)
+
+    job_id = _protect(page, photo, shots, "photo", iterations=6)
+    assert page.text_content("#job-state") == "Done"
+    assert "retinaface" in page.text_content("#verdict-table")
+    _open_views(page, shots, "photo")
+    assert _qr_url(page, shots, "photo") == f"{server}/jobs/{job_id}" == page.url
+
+    protected = _download(page, "#download-file", tmp_path)
+    assert protected.name == "press photo.protected.jpg"
+    clean = np.asarray(Image.open(photo).convert("RGB"), np.int16)
+    result = np.asarray(Image.open(protected).convert("RGB"), np.int16)
+    assert result.shape == clean.shape and 0 < np.abs(result - clean).max() <= 32
+    report = json.loads(_download(page, "#download-report", tmp_path).read_text())
+    assert report["kind"] == "image" and "retinaface" in report["detectors"]
+
+    page.reload()  # the page survives a reload and shows the job again
+    page.wait_for_selector("#result:not([hidden])")
+    page.select_option("#lang", "ko")
+    assert page.text_content("#job-state") == "완료"
+    page.screenshot(path=shots / "photo-6-korean.png", full_page=True)
+    page.click("#history-toggle")
+    page.wait_for_selector(f"#history li[data-id='{job_id}']")
+    page.screenshot(path=shots / "photo-7-history.png", full_page=True)
+    context.close()
+
+    phone = browser.new_context(locale="ko-KR", viewport={"width": 390, "height": 844},
+                                device_scale_factor=2, is_mobile=True, has_touch=True)  # fmt: skip
+    page = phone.new_page()
+    page.goto(f"{server}/jobs/{job_id}")
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.text_content("#job-state") == "완료"  # Korean from the browser language
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, "nothing sticks out sideways on a phone"
+    page.screenshot(path=shots / "photo-8-phone.png", full_page=True)
+    phone.close()
+
+
+def test_refused_upload_shows_a_clear_error(browser, server: str, tmp_path: Path, shots: Path):
+    fake = tmp_path / "not a photo.jpg"
+    fake.write_bytes(b"MZ\x90\x00 this is an executable, not a photo" * 20)
+    page = browser.new_page(locale="en-US")
+    page.goto(server)
+    page.wait_for_selector("body[data-ready=true]")
+    page.set_input_files("#file", str(fake))
+    page.wait_for_selector("#error:not([hidden])")
+    assert "not a photo or clip we can protect" in page.text_content("#error")
+    page.screenshot(path=shots / "error-unsupported.png", full_page=True)
+    page.close()
+
+
+def test_clip_end_to_end(browser, server: str, clip: Path, shots: Path, tmp_path: Path):
+    context = browser.new_context(locale="en-US", accept_downloads=True,
+                                  viewport={"width": 1280, "height": 900})  # fmt: skip
+    page = context.new_page()
+    page.goto(server)
+    page.wait_for_selector("body[data-ready=true]")
+    job_id = _protect(page, clip, shots, "clip", iterations=2)
+    frames = page.evaluate("""() => [...document.querySelectorAll('#figures dt')]
+        .find((dt) => dt.textContent === 'Frames').nextElementSibling.textContent""")
+    assert frames == "12"
+
+    page.fill("#frame", "7")  # scrub to another frame: both sides and the heatmap follow
+    page.dispatch_event("#frame", "input")
+    page.wait_for_function("document.querySelector('#side-protected').src.includes('/frames/7')")
+    _open_views(page, shots, "clip")
+    duration = page.evaluate("""() => new Promise((resolve) => {
+        const video = document.querySelector('#player');
+        if (video.readyState >= 1) resolve(video.duration);
+        video.onloadedmetadata = () => resolve(video.duration);
+        video.onerror = () => resolve(-1);
+    })""")
+    assert duration == pytest.approx(12 / 25, abs=0.1), "the protected clip plays in the page"
+    assert _qr_url(page, shots, "clip") == f"{server}/jobs/{job_id}"
+
+    protected = _download(page, "#download-file", tmp_path)
+    assert protected.name == "interview.protected.mp4"
+    with av.open(str(protected)) as container:
+        assert container.streams.video[0].frames == 12 and container.streams.audio
+    report = json.loads(_download(page, "#download-report", tmp_path).read_text())
+    assert report["kind"] == "video" and report["video"]["frames"] == 12
+    context.close()
+
+
+def test_screenshots_were_saved(shots: Path) -> None:
+    names = {path.name for path in shots.glob("*.png")}
+    for state in ("start", "options", "progress", "result", "slider", "heatmap", "phone"):
+        assert any(state in name for name in names), state
+    assert all(Image.open(io.BytesIO((shots / n).read_bytes())).size[0] > 100 for n in names)
