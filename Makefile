@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= balanced
 export DEEPGUARD_WEIGHTS_DIR ?= $(abspath ../shared/weights)
 
-.PHONY: install system-test-deps protect test lint format bench clean
+.PHONY: install system-test-deps protect serve test lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ install: $(STAMP)
 protect: $(STAMP)
 	@test -n "$(IN)" || { echo "usage: make protect IN=photo.jpg [OUT=...] [PRESET=balanced]"; exit 2; }
 	$(BIN)/deepguard protect "$(IN)" $(if $(OUT),-o "$(OUT)") --preset $(PRESET)
+
+serve: $(STAMP)
+	$(BIN)/deepguard serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check deepguard tests bench

@@ -28,5 +28,16 @@ def test_cli_help_lists_the_subcommands(capsys) -> None:
         main(["--help"])
     assert raised.value.code == 0
     out = capsys.readouterr().out
-    for command in ("protect", "models"):
+    for command in ("protect", "models", "serve", "watch"):
         assert command in out
+
+
+def test_dashboard_files_ship_with_the_package() -> None:
+    from fnmatch import fnmatch
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["deepguard.web"]
+    static = ROOT / "deepguard" / "web" / "static"
+    names = [path.relative_to(static.parent).as_posix() for path in static.iterdir()]
+    assert names and all(any(fnmatch(n, p) for p in patterns) for n in names)
