@@ -8,6 +8,8 @@ separate objects, so the driver can follow progress without pulling frames throu
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,8 @@ from typing import Any
 import ray
 import torch
 
+from deepguard.attack.config import AttackConfig
+from deepguard.settings import Settings
 from deepguard.stages.chunk import Chunk
 from deepguard.stages.decode import VideoSource
 from deepguard.stages.remux import VideoSink
@@ -105,3 +109,44 @@ class RemuxActor:
 
     def abort(self) -> None:
         self.sink.abort()
+
+
+@ray.remote
+class ImageActor:
+    """Protects images where Ray places it (a GPU worker, say) and streams progress back.
+
+    The image path itself is the in-process one (:class:`~deepguard.pipeline.protect
+    .Protector`); :meth:`protect` is a streaming generator: ``("progress", (phase, done,
+    total))`` records while the attack runs, then ``("report", report)``.
+    """
+
+    def __init__(self, config: AttackConfig, settings: Settings, threads: int) -> None:
+        from deepguard.pipeline.protect import Protector  # the driver side imports this module
+
+        torch.set_num_threads(max(1, threads))
+        self.protector = Protector(config, settings)
+
+    def protect(self, source: str, output: str, report: str | None):
+        from deepguard.pipeline.protect import ProtectOptions
+
+        events: queue.Queue = queue.Queue()
+
+        def run() -> None:
+            try:
+                options = ProtectOptions(report_path=Path(report) if report else None)
+                result = self.protector.protect(
+                    Path(source), Path(output), options,
+                    lambda *record: events.put(("progress", record)),
+                )  # fmt: skip
+                events.put(("report", result))
+            except BaseException as error:  # raised again below, in the generator
+                events.put(("error", error))
+
+        threading.Thread(target=run, name="deepguard-image", daemon=True).start()
+        while True:
+            kind, value = events.get()
+            if kind == "error":
+                raise value
+            yield kind, value
+            if kind == "report":
+                return

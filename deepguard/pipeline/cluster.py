@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Any
 
 import ray
+from ray.exceptions import RayActorError, RayTaskError
 
 from deepguard.errors import DeepguardError
 from deepguard.settings import Settings
@@ -35,6 +37,20 @@ def connect(settings: Settings) -> None:
         where = f"at {address}" if address else "locally"
         raise DeepguardError(f"cannot start or reach a Ray cluster {where}: {error}") from None
     log.info("ray resources: %s", ray.cluster_resources())
+
+
+def get_result(ref: ray.ObjectRef) -> Any:
+    """``ray.get``, with a failure inside a task or actor turned back into the one-line error
+    the user should read (our own errors keep their type)."""
+    try:
+        return ray.get(ref)
+    except RayTaskError as error:
+        cause = error.cause
+        if isinstance(cause, DeepguardError):
+            raise type(cause)(str(cause)) from None
+        raise DeepguardError(f"a pipeline stage failed: {cause!r}") from None
+    except RayActorError as error:
+        raise DeepguardError(f"a pipeline worker died: {error}") from None
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:

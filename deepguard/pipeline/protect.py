@@ -39,9 +39,14 @@ def default_output(path: Path) -> Path:
 class Protector:
     """Keeps one loaded ensemble for many files (a folder, the watch folder, a worker)."""
 
-    def __init__(self, config: AttackConfig, settings: Settings | None = None) -> None:
+    def __init__(
+        self, config: AttackConfig, settings: Settings | None = None, images_on_ray: bool = False
+    ) -> None:
+        """``images_on_ray``: images too go to the Ray cluster (the dashboard's choice; the
+        CLI and the watch folder protect images in their own process)."""
         self.config = config
         self.settings = settings or get_settings()
+        self.images_on_ray = images_on_ray
         self._poison: PoisonStage | None = None
 
     @property
@@ -65,6 +70,11 @@ class Protector:
 
             video = VideoProtector(self.config, self.settings)
             return video.protect(source_path, output_path, options.report_path, progress)
+        if self.images_on_ray:
+            from deepguard.pipeline.image import protect_image_on_ray  # imports Ray
+
+            return protect_image_on_ray(self.config, self.settings, source_path, output_path,
+                                        options.report_path, progress)  # fmt: skip
         started = time.perf_counter()
         source = open_source(source_path, self.settings.max_image_pixels)
         sink = ImageSink(

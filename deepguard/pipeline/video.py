@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.exceptions import RayError
 
 from deepguard import __version__
 from deepguard.attack.config import AttackConfig
@@ -30,7 +30,7 @@ from deepguard.errors import DeepguardError
 from deepguard.fileio import temporary_beside, write_atomically
 from deepguard.models.registry import load_detector
 from deepguard.pipeline.actors import DecodeActor, RemuxActor, StageActor
-from deepguard.pipeline.cluster import cluster_devices, connect
+from deepguard.pipeline.cluster import cluster_devices, connect, get_result
 from deepguard.progress import VIDEO_STAGES, detector_phase
 from deepguard.settings import Settings, get_settings
 from deepguard.stages.decode import VideoSource
@@ -249,15 +249,7 @@ class _Run:
         return pending
 
     def _get(self, ref: ray.ObjectRef) -> Any:
-        try:
-            return ray.get(ref)
-        except RayTaskError as error:
-            cause = error.cause
-            if isinstance(cause, DeepguardError):
-                raise type(cause)(str(cause)) from None
-            raise DeepguardError(f"a pipeline stage failed: {cause!r}") from None
-        except RayActorError as error:
-            raise DeepguardError(f"a pipeline worker died: {error}") from None
+        return get_result(ref)
 
     # -- verification on the written file --------------------------------------------------
 

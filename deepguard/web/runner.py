@@ -1,11 +1,11 @@
 """Runs the dashboard's jobs and keeps their live progress.
 
-A bounded pool of worker threads takes queued jobs from the shared job store's point of view:
-each job is created ``queued`` by the API, marked running and finished through
-:class:`~deepguard.pipeline.jobs.TrackedJob`, exactly as the CLI and the watch folder do. An
-image is protected in this process; a clip goes through the Ray pipeline. Live detail (each
-stage, each detector, the ETA) is kept in memory for the WebSocket; the store gets the overall
-fraction, so `deepguard jobs status` sees web jobs too.
+Each job is created ``queued`` by the API, then marked running and finished through
+:class:`~deepguard.pipeline.jobs.TrackedJob`, exactly as the CLI and the watch folder do. A
+bounded pool of threads drives the jobs; the work itself, photos and clips alike, runs on the
+Ray cluster (local by default, ``RAY_ADDRESS`` otherwise), so this service stays small. Live
+detail (each stage, each detector, the ETA) is kept in memory for the WebSocket; the store
+gets the overall fraction, so every client of the store sees web jobs too.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,6 @@ log = logging.getLogger(__name__)
 #: share of a video job's time spent in each stage (the attack dominates), for one progress bar
 _STAGE_WEIGHTS = {stage: 0.05 for stage in VIDEO_STAGES} | {"poison": 0.7}
 _STORE_EVERY_S = 0.5
-_KEPT_PROTECTORS = 2
 
 
 class QueueFull(DeepguardError):
@@ -103,7 +101,6 @@ class JobRunner:
         self._lock = threading.Lock()
         self._live: dict[str, LiveProgress] = {}
         self._futures: dict[str, Future] = {}
-        self._protectors: OrderedDict[str, Protector] = OrderedDict()
         for job in store.recover_interrupted(origin="web"):
             log.warning("web job %s was interrupted by a restart", job.id)
         for job in store.list(JobState.QUEUED, limit=1000):
@@ -153,17 +150,6 @@ class JobRunner:
             self._futures.pop(job_id, None)
             self._live.pop(job_id, None)
 
-    def _protector(self, config: AttackConfig) -> Protector:
-        """A loaded ensemble per worker thread and configuration, the last few kept warm (an
-        ensemble is not shared between threads: attacks keep hooks on the detectors)."""
-        key = f"{threading.get_ident()}:{config.model_dump_json()}"
-        with self._lock:
-            protector = self._protectors.pop(key, None) or Protector(config, self.settings)
-            self._protectors[key] = protector
-            while len(self._protectors) > _KEPT_PROTECTORS * self.settings.web_concurrency:
-                self._protectors.popitem(last=False)
-        return protector
-
     def _run(self, job_id: str, config: AttackConfig) -> None:
         job = self.store.get(job_id)
         live = self._live[job_id]
@@ -182,7 +168,8 @@ class JobRunner:
         report_path = Path(job.output).parent / "report.json"
         try:
             with tracked:
-                tracked.report = self._protector(config).protect(
+                protector = Protector(config, self.settings, images_on_ray=True)
+                tracked.report = protector.protect(
                     Path(job.input),
                     Path(job.output),
                     ProtectOptions(report_path=report_path),

@@ -263,3 +263,15 @@ def test_api_token(data_dir: Path, photo: bytes) -> None:
 def test_serve_refuses_an_open_bind_without_a_token(capsys: pytest.CaptureFixture) -> None:
     assert cli_main(["serve", "--host", "0.0.0.0"]) == 2
     assert "DEEPGUARD_API_TOKEN" in capsys.readouterr().err
+
+
+def test_a_job_that_fails_on_the_cluster_says_why(
+    client: httpx.Client, photo: bytes, data_dir: Path
+) -> None:
+    upload = _upload(client, photo).json()
+    (data_dir / "uploads" / upload["id"] / "original.jpg").write_bytes(photo[:200])  # corrupted
+    job = client.post("/api/jobs", json={"upload_id": upload["id"], **QUICK}).json()
+    final = _follow(client, job["id"])[-1]
+    assert final["state"] == "failed" and final["result"] is None
+    assert "original.jpg: corrupt or truncated image" in final["error"]
+    assert client.get(final["links"]["download"]).status_code == 410
