@@ -3,12 +3,14 @@
 ``deepguard serve`` runs as its own process, exactly as an operator starts it; the browser
 uploads a shared photo and a clip cut from a shared video, follows the live progress, opens
 the compare, slider and heatmap views, decodes the QR code from the rendered page, downloads
-both files and checks them. Screenshots of every main state go to ``artifacts/screenshots``
+both files and checks them (the photo goes through the file picker, the clip is dropped
+onto the page). Screenshots of every main state go to ``artifacts/screenshots``
 (or ``$DEEPGUARD_SCREENSHOTS``).
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -125,9 +127,31 @@ def _choose_quick_options(page, iterations: int) -> None:
     page.wait_for_function("document.querySelector('#estimate').textContent.length > 0")
 
 
-def _protect(page, path: Path, shots: Path, prefix: str, iterations: int) -> str:
-    """Upload through the file picker, start with quick options, follow it to the result."""
-    page.set_input_files("#file", str(path))
+def _drop(page, path: Path, mime: str) -> None:
+    """Drag and drop ``path`` onto the drop zone, as a user does from the desktop."""
+    page.evaluate(
+        """([name, data, type]) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type }));
+            const zone = document.querySelector('#dropzone');
+            for (const kind of ['dragover', 'drop']) {
+                zone.dispatchEvent(new DragEvent(kind, { dataTransfer: transfer, bubbles: true }));
+            }
+        }""",
+        [path.name, base64.b64encode(path.read_bytes()).decode(), mime],
+    )
+
+
+def _protect(
+    page, path: Path, shots: Path, prefix: str, iterations: int, drop: str | None = None
+) -> str:
+    """Upload (file picker, or dropped with MIME type ``drop``), start with quick options,
+    follow it to the result."""
+    if drop:
+        _drop(page, path, drop)
+    else:
+        page.set_input_files("#file", str(path))
     page.wait_for_selector("#options:not([hidden])")
     _choose_quick_options(page, iterations)
     page.screenshot(path=shots / f"{prefix}-1-options.png", full_page=True)
@@ -246,7 +270,7 @@ def test_clip_end_to_end(browser, server: str, clip: Path, shots: Path, tmp_path
     page = context.new_page()
     page.goto(server)
     page.wait_for_selector("body[data-ready=true]")
-    job_id = _protect(page, clip, shots, "clip", iterations=2)
+    job_id = _protect(page, clip, shots, "clip", iterations=2, drop="video/mp4")
     frames = page.evaluate("""() => [...document.querySelectorAll('#figures dt')]
         .find((dt) => dt.textContent === 'Frames').nextElementSibling.textContent""")
     assert frames == "12"
