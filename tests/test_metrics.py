@@ -16,7 +16,7 @@ from deepguard.errors import InputError
 from deepguard.pipeline.jobs import JobState, JobStore
 from deepguard.pipeline.metrics import Metrics
 from tests.conftest import IN_CI
-from tests.test_video_pipeline import _free_port
+from tests.test_video_pipeline import free_port
 
 REPORT = {
     "kind": "video",
@@ -55,7 +55,7 @@ def test_prometheus_scrapes_the_service(prometheus_binary: str, tmp_path: Path) 
     metrics = Metrics(store)
     metrics.job_done(REPORT)
     metrics.job_failed(InputError("truncated"))
-    service_port, prometheus_port = _free_port(), _free_port()
+    service_port, prometheus_port = free_port(), free_port()
     metrics.serve(service_port)
     config = tmp_path / "prometheus.yml"
     config.write_text(

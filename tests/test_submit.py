@@ -14,7 +14,7 @@ from PIL import Image
 
 from deepguard.errors import DeepguardError
 from deepguard.pipeline.submit import job_client, job_rows, submit, wait
-from tests.test_video_pipeline import _free_port
+from tests.test_video_pipeline import free_port
 
 ray = pytest.importorskip("ray")
 
@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray")
 def dashboard_address():
     venv_bin = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}"}  # jobs run `deepguard`
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="dg-ray-")
     ray.shutdown()
     subprocess.run(
@@ -60,7 +60,7 @@ def test_two_jobs_run_to_completion_on_the_cluster(dashboard_address, media_dir,
 
 def test_unreachable_jobs_api_is_a_clear_error():
     with pytest.raises(DeepguardError, match="cannot reach the Ray Jobs API"):
-        job_client(f"http://127.0.0.1:{_free_port()}")
+        job_client(f"http://127.0.0.1:{free_port()}")
 
 
 def test_cancelled_job_stops_and_leaves_no_output(dashboard_address, videos_dir, tmp_path):

@@ -21,7 +21,7 @@ from tests.media import make_clip
 ray = pytest.importorskip("ray")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -30,7 +30,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def cluster_address():
     ray_cli = str(Path(sys.executable).with_name("ray"))
-    port = _free_port()
+    port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="dg-ray-")  # short: Ray's socket paths have a limit
     ray.shutdown()
     subprocess.run(
@@ -120,4 +120,4 @@ def test_unreachable_cluster_is_a_clear_error(clip, tmp_path):
 
     ray.shutdown()
     with pytest.raises(DeepguardError, match="cannot start or reach a Ray cluster"):
-        connect(Settings(RAY_ADDRESS=f"127.0.0.1:{_free_port()}"))
+        connect(Settings(RAY_ADDRESS=f"127.0.0.1:{free_port()}"))

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from PIL import Image
 
 from tests.conftest import IN_CI, REPO_ROOT
 from tests.media import make_clip
+from tests.test_video_pipeline import free_port
 
 pytestmark = pytest.mark.slow
 CHROMIUM = Path(os.environ.get("DEEPGUARD_CHROMIUM", "/usr/bin/chromium"))
@@ -40,12 +40,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--autoplay-policy=no-user-gesture-required"]  # fmt: skip
 JOB_TIMEOUT_MS = 240_000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +59,7 @@ def browser():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``deepguard serve`` in its own process, with its own data folder and a local Ray."""
-    port = _free_port()
+    port = free_port()
     data = tmp_path_factory.mktemp("e2e-data")
     env = {**os.environ, "DEEPGUARD_DATA_DIR": str(data), "PORT": str(port), "RAY_ADDRESS": ""}
     log = (data / "serve.log").open("wb")
@@ -206,12 +200,18 @@ def _download(page, selector: str, folder: Path) -> Path:
     return target
 
 
-def test_photo_end_to_end(browser, server: str, photo: Path, shots: Path, tmp_path: Path):
+def _desktop(browser, server: str):
+    """A desktop-sized English browser window on the dashboard, ready to use."""
     context = browser.new_context(locale="en-US", accept_downloads=True,
                                   viewport={"width": 1280, "height": 900})  # fmt: skip
     page = context.new_page()
     page.goto(server)
     page.wait_for_selector("body[data-ready=true]")
+    return context, page
+
+
+def test_photo_end_to_end(browser, server: str, photo: Path, shots: Path, tmp_path: Path):
+    context, page = _desktop(browser, server)
     assert page.text_content("header .tagline") == "Protect photos and clips against face swaps"
     page.screenshot(path=shots / "photo-0-start.png", full_page=True)
 
@@ -265,11 +265,7 @@ def test_refused_upload_shows_a_clear_error(browser, server: str, tmp_path: Path
 
 
 def test_clip_end_to_end(browser, server: str, clip: Path, shots: Path, tmp_path: Path):
-    context = browser.new_context(locale="en-US", accept_downloads=True,
-                                  viewport={"width": 1280, "height": 900})  # fmt: skip
-    page = context.new_page()
-    page.goto(server)
-    page.wait_for_selector("body[data-ready=true]")
+    context, page = _desktop(browser, server)
     job_id = _protect(page, clip, shots, "clip", iterations=2, drop="video/mp4")
     frames = page.evaluate("""() => [...document.querySelectorAll('#figures dt')]
         .find((dt) => dt.textContent === 'Frames').nextElementSibling.textContent""")
