@@ -396,12 +396,10 @@ def exported_metric_names(tmp_path: Path) -> set[str]:
         "histogram": ("_bucket", "_count", "_sum", "_created"),
         "summary": ("_count", "_sum", "_created"),
     }
-    real = metrics_module._gpu_utilization
-    metrics_module._gpu_utilization = lambda: 0.0  # reading it would import torch: slow
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # reading GPU use imports torch: slow
+        if hasattr(metrics_module, "_gpu_utilization"):
+            patch.setattr(metrics_module, "_gpu_utilization", lambda: 0.0)
         registry = metrics_module.Metrics(JobStore(tmp_path / "jobs.sqlite3")).registry
-    finally:
-        metrics_module._gpu_utilization = real
     names = set()
     for family in registry.collect():
         names.add(family.name)
