@@ -246,21 +246,20 @@ class FacePoison:
         # a warm start (the previous video frame's perturbation) often hides the face already
         skip_first = init_delta is not None and not self._visible_after_delivery(run, run.delta)
         while True:
-            before = run.iterations
             if rounds or not skip_first:
                 self._iterate(run, budget)
-            if config.shrink_steps and run.iterations > before:  # shrink what steps inflated
-                self._shrink(run)
             out = self._finish(run, run.delta)
             faces_after = self.verify(out, roundtrip)
-            if progress:
-                for name, found in faces_after.items():
-                    progress(detector_phase("faces", name), sum(found), sum(faces_before[name]))
             if rounds == 1 and config.give_up_ratio:  # after the main iterations + one repair
                 run.detectors = self._without_stalled(run, faces_after)
             hidden = all(sum(faces_after[d.name]) == 0 for d in run.detectors)
             if hidden or rounds >= config.repair_rounds:
+                if config.shrink_steps and run.iterations:  # give back what steps inflated
+                    faces_after = self._shrink(run, faces_after)
+                    out = self._finish(run, run.delta)
+                self._report_faces(progress, faces_before, faces_after)
                 break
+            self._report_faces(progress, faces_before, faces_after)
             rounds += 1
             budget = config.repair_iterations
             log.info("faces still found after round %d: %s; repairing", rounds, faces_after)
@@ -430,29 +429,39 @@ class FacePoison:
             for version in self.delivered(out, run.roundtrip)
         )
 
-    def _shrink(self, run: _Run) -> None:
-        """Scale the perturbation down as far as delivery still hides what it hides now.
+    def _shrink(self, run: _Run, faces: dict[str, list[int]]) -> dict[str, list[int]]:
+        """Scale the perturbation down as far as no attacked detector finds more faces on the
+        delivered output than it does now; returns the faces found at the chosen scale.
 
-        Sign steps spend the whole budget; most of it is rarely needed. A few bisection steps
-        on the perturbation's scale buy back image quality for forward passes only. Detectors
-        that still see a face at full strength do not hold the others' quality hostage.
+        Sign steps spend the whole budget; most of it is rarely needed, and a few bisection
+        steps on the perturbation's scale buy back image quality. It runs once, when the
+        attack ends: between repair rounds it would throw away the progress on the faces a
+        detector still finds. A detector that still finds some faces keeps the others hidden
+        (its count may not grow) but does not hold the image's quality hostage.
         """
-        out = self._finish(run, run.delta)
-        versions = [frames_to_tensor(v, run.x.device) for v in self.delivered(out, run.roundtrip)]
-        hidden = [
-            d for d in run.detectors if not any(self._visible(v, run.views, [d]) for v in versions)
-        ]
-        if not hidden:
-            return
-        low, high = 0.0, 1.0
+        low, high, kept = 0.0, 1.0, faces
         for _ in range(self.config.shrink_steps):
             middle = (low + high) / 2
-            if self._visible_after_delivery(run, run.delta * middle, hidden):
-                low = middle
+            found = self.verify(self._finish(run, run.delta * middle), run.roundtrip)
+            if all(
+                now <= before
+                for detector in run.detectors
+                for now, before in zip(found[detector.name], faces[detector.name], strict=True)
+            ):
+                high, kept = middle, found
             else:
-                high = middle
+                low = middle
         log.debug("perturbation shrunk to %.2f of its size", high)
         run.delta = run.delta * high
+        return kept
+
+    @staticmethod
+    def _report_faces(
+        progress: Progress | None, before: dict[str, list[int]], after: dict[str, list[int]]
+    ) -> None:
+        if progress:
+            for name, found in after.items():
+                progress(detector_phase("faces", name), sum(found), sum(before[name]))
 
     def _widen(self, run: _Run, out: np.ndarray) -> None:
         """Also attack wherever the delivered output still shows a face."""
