@@ -64,6 +64,11 @@ class Metrics:
         self.failures = Counter(
             "deepguard_failures", "Failed jobs by reason", ["reason"], registry=self.registry
         )
+        # every label value exists from the start at 0, so rate() sees the first event too
+        for kind in ("image", "video"):
+            self.processing_seconds.labels(kind)
+        for reason in FAILURE_REASONS:
+            self.failures.labels(reason)
         self.gpu = Gauge(
             "deepguard_gpu_utilization_percent", "GPU use (0 without a GPU)",
             registry=self.registry,
@@ -90,6 +95,9 @@ class Metrics:
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` from a background thread."""
         start_http_server(port, addr=host, registry=self.registry)
+
+
+FAILURE_REASONS = ("input", "storage", "cluster", "internal")
 
 
 def failure_reason(error: BaseException) -> str:
