@@ -51,6 +51,21 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", validation_alias=AliasChoices("DEEPGUARD_DEVICE")
     )
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        default="auto",
+        validation_alias=AliasChoices("DEEPGUARD_PRECISION"),
+        description="Detector passes of the attack under autocast: auto is fp16 on CUDA, fp32 "
+        "on CPU. A preset's or the API's own precision wins; verification is always fp32.",
+    )
+    gpu_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        validation_alias=AliasChoices("DEEPGUARD_GPU_SHARE"),
+        description="Share of a GPU per attack actor on Ray: 1/share actors per card (0.25: "
+        "four). A video's poison actors split 90 % of each card, the rest is kept for its "
+        "tracking and smoothing actors.",
+    )
     max_image_pixels: int = Field(
         default=80_000_000,
         validation_alias=AliasChoices("DEEPGUARD_MAX_IMAGE_PIXELS"),

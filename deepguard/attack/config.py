@@ -7,7 +7,7 @@ the API. Budgets (``epsilon``, ``step``) are in 8-bit pixel levels: ``epsilon: 8
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -44,7 +44,10 @@ class VideoConfig(BaseModel):
         1, ge=0, description="repair rounds on a warm-started frame (key frames use the attack's)"
     )
     batch_size: int | None = Field(
-        None, ge=1, description="frames attacked together; default 1 on CPU, 8 on GPU"
+        None,
+        ge=1,
+        description="frames attacked together, at most; default 1 on CPU, 8 on GPU, where "
+        "it also shrinks to what free GPU memory holds",
     )
     smoothing: float = Field(
         0.5, ge=0, lt=1, description="weight of the previous frame's perturbation (0: off)"
@@ -130,6 +133,12 @@ class AttackConfig(BaseModel):
     repair_iterations: int = Field(5, ge=1)
     output_jpeg_quality: int = Field(92, ge=50, le=100)
     seed: int | None = 0
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto",
+        description="autocast dtype of the attack's detector passes (auto: fp16 on CUDA, "
+        "fp32 on CPU, or DEEPGUARD_PRECISION); losses, the perturbation and verification "
+        "stay fp32",
+    )
     video: VideoConfig = Field(default_factory=VideoConfig)
 
     @model_validator(mode="after")
@@ -160,6 +169,13 @@ class AttackConfig(BaseModel):
                 "step": min(self.step, self.video.refine_step),
             }
         )
+
+    def with_default_precision(self, precision: str) -> AttackConfig:
+        """This config with the operator's precision (``DEEPGUARD_PRECISION``) in place of
+        ``auto``: a preset or an API call that names a precision keeps its own."""
+        if self.precision != "auto" or precision == "auto":
+            return self
+        return self.model_copy(update={"precision": precision})
 
     def with_overrides(self, **overrides: Any) -> AttackConfig:
         """A copy with the given non-None fields replaced, validated again."""

@@ -25,6 +25,7 @@ from torchvision.ops import nms
 
 from deepguard.attack.config import AttackConfig
 from deepguard.attack.losses import FeatureImportance, score_suppression_loss
+from deepguard.attack.precision import Autocast
 from deepguard.attack.regions import Window, detector_views, face_windows, merge_windows
 from deepguard.attack.transforms import RandomTransform, quantize_uint8, resize
 from deepguard.models.base import Detections, FaceDetector
@@ -51,6 +52,9 @@ class AttackResult:
     passes: int = 0  # detector forward+backward passes
     repair_rounds: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    precision: str = "fp32"  # of the attack's detector passes (verification is always fp32)
+    #: out-of-memory fallbacks taken to finish (see :mod:`deepguard.attack.memory`)
+    fallbacks: list[dict] = field(default_factory=list)
 
     @property
     def hidden(self) -> bool:
@@ -113,17 +117,22 @@ class FacePoison:
         self.config = config
         self.device = torch.device(device)
         self.detectors = list(detectors or load_detectors(config.detectors, str(self.device)))
+        self.autocast = Autocast(config.precision, self.device)
+        #: per detector, the fp16 loss scale (lowered when a scaled gradient overflows)
+        self._loss_scales: dict[str, float] = {}
 
     # -- detection -------------------------------------------------------------------------
 
     def detect(self, frames: np.ndarray, scale: float = 1.0) -> dict[str, list[Detections]]:
-        """Every ensemble detector's detections on uint8 frames, boxes in frame pixels."""
+        """Every ensemble detector's detections on uint8 frames, boxes in frame pixels.
+        Always fp32: this is what the report's face counts and the verdict rest on."""
         x = resize(frames_to_tensor(frames, self.device), scale)
         found = {}
         for detector in self.detectors:
             detections = []
             for frame in x:
-                (result,) = detector.detect_batch(frame.unsqueeze(0))
+                with self.autocast.fp32():
+                    (result,) = detector.detect_batch(frame.unsqueeze(0))
                 detections.append(Detections(result.boxes / scale, result.scores))
             found[detector.name] = detections
         return found
@@ -210,7 +219,7 @@ class FacePoison:
         timings["detect"] = time.perf_counter() - tick
         if not windows:  # nothing any detector could see: nothing to hide
             return AttackResult(frames.copy(), torch.zeros_like(x), faces_before, faces_before,
-                                timings=timings)  # fmt: skip
+                                timings=timings, precision=self.autocast.name)  # fmt: skip
 
         tick = time.perf_counter()
         views = self._views(x, windows)
@@ -275,6 +284,7 @@ class FacePoison:
             passes=run.passes,
             repair_rounds=rounds,
             timings=timings,
+            precision=self.autocast.name,
         )
 
     def _iterate(self, run: _Run, budget: int) -> None:
@@ -350,36 +360,62 @@ class FacePoison:
         """Sums of per-detector gradients, each normalised so no detector dominates: of the
         detectors whose gradient momentum may accumulate, and of those it may not
         (:attr:`FaceDetector.momentum_safe`)."""
-        config = self.config
         totals: list[Tensor | None] = [None, None]
         for detector in run.detectors:
-            key = (detector.name, *_key(window))
-            importance = run.importance.get(key)
-            if importance is not None:
-                maps, features = detector.logit_maps_and_features(view)
-            else:
-                maps, features = detector.logit_maps(view), {}
-            terms = []
-            if config.score_loss:
-                score = score_suppression_loss(maps, detector.score_floors(config.score_floor))
-                excess = float(score.detach())
+            importance = run.importance.get((detector.name, *_key(window)))
+            gradients, excess = self._detector_gradients(detector, view, importance, half=True)
+            if gradients is None:  # the half-precision gradient overflowed: this pass in fp32
+                gradients, excess = self._detector_gradients(detector, view, importance, False)
+            if excess is not None:
                 log.debug("%s %s: score loss %.3g", detector.name, window, excess)
                 trace = run.losses.setdefault(detector.name, [])
                 if len(trace) < run.iterations + 1:
                     trace.append(0.0)
                 trace[-1] += excess
-                if excess > 0:
-                    terms.append(score)
-            if importance is not None and features and terms:
-                terms.append(importance.loss(features) * config.feature_weight)
             run.passes += 1
-            weight = config.detector_weights.get(detector.name, 1.0)
-            for term in terms:
-                (grad,) = torch.autograd.grad(term, view, retain_graph=term is not terms[-1])
+            weight = self.config.detector_weights.get(detector.name, 1.0)
+            for grad in gradients:
                 grad = weight * grad / (grad.abs().mean() + _TINY)
                 slot = 0 if detector.momentum_safe else 1
                 totals[slot] = grad if totals[slot] is None else totals[slot] + grad
         return totals[0], totals[1]
+
+    def _detector_gradients(
+        self,
+        detector: FaceDetector,
+        view: Tensor,
+        importance: FeatureImportance | None,
+        half: bool,
+    ) -> tuple[list[Tensor] | None, float | None]:
+        """One detector's loss gradients with respect to ``view`` (raw, not normalised) and
+        its score loss; ``None`` gradients when a half-precision one overflowed."""
+        config = self.config
+        half = half and self.autocast.applies_to(detector)
+        scale = self._loss_scales.get(detector.name, self.autocast.loss_scale) if half else 1.0
+        with self.autocast.forward(detector, enabled=half):
+            if importance is not None:
+                maps, features = detector.logit_maps_and_features(view)
+            else:
+                maps, features = detector.logit_maps(view), {}
+        terms = []
+        excess = None
+        if config.score_loss:  # the losses are fp32 whatever the maps' precision
+            score = score_suppression_loss(maps, detector.score_floors(config.score_floor))
+            excess = float(score.detach())
+            if excess > 0:
+                terms.append(score)
+        if importance is not None and features and terms:
+            terms.append(importance.loss(features) * config.feature_weight)
+        gradients = []
+        for term in terms:
+            (grad,) = torch.autograd.grad(term * scale, view, retain_graph=term is not terms[-1])
+            if half and not bool(torch.isfinite(grad).all()):
+                self._loss_scales[detector.name] = max(1.0, scale / 16)
+                log.debug("%s: gradient overflowed in %s at loss scale %g; fp32 this pass",
+                          detector.name, self.autocast.name, scale)  # fmt: skip
+                return None, excess
+            gradients.append(grad)
+        return gradients, excess
 
     def _importance(
         self,
@@ -413,7 +449,8 @@ class FacePoison:
             for window in views:
                 view = resize(_crop(x, window), scale)
                 for detector in detectors if detectors is not None else self.detectors:
-                    scores = detector.score_maps(view)[-1]
+                    with self.autocast.forward(detector):  # a check; the verdict is fp32
+                        scores = detector.score_maps(view)[-1]
                     highest = float(scores.max()) if scores.numel() else 0.0
                     if highest >= self.config.verify_margin * detector.score_threshold:
                         return True

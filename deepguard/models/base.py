@@ -67,6 +67,9 @@ class FaceDetector(nn.Module, ABC):
     #: cascades whose scored candidates are re-selected every step (MTCNN): there the
     #: accumulated gradient points at candidates that are gone and the attack stalls.
     momentum_safe: bool = True
+    #: whether the attack may run this detector's passes under fp16/bf16 autocast on a GPU
+    #: (verification never does). Measured per detector against fp32; see ``bench/gpu.py``.
+    autocast_safe: bool = True
 
     @abstractmethod
     def dense(self, x: Tensor) -> DensePrediction:

@@ -210,6 +210,11 @@ class SSDFaceDetector(FaceDetector):
     score_threshold = 0.5
     nms_iou = 0.3
     max_detections = 750
+    #: fp32 only (S3FD, DSFD, PyramidBox): L2Norm sums the squares of 256-512 channels of
+    #: VGG activations on unnormalised 0..255 input, which can pass fp16's 65 504 where an
+    #: autocast backend does not upcast the reduction; and without shipped weights their
+    #: half-precision behaviour was never measured
+    autocast_safe = False
     #: prior side per level of the final shot
     final_min_sizes: tuple[int, ...] = MIN_SIZES
     #: named VGG module indices returned by :meth:`features` (module output, after the ReLU)
