@@ -44,8 +44,8 @@ class Protector:
     ) -> None:
         """``images_on_ray``: images too go to the Ray cluster (the dashboard's choice; the
         CLI and the watch folder protect images in their own process)."""
-        self.config = config
         self.settings = settings or get_settings()
+        self.config = config.with_default_precision(self.settings.precision)
         self.images_on_ray = images_on_ray
         self._poison: PoisonStage | None = None
 
@@ -110,6 +110,10 @@ class Protector:
             "iterations": result.iterations,
             "repair_rounds": result.repair_rounds,
             "detector_passes": result.passes,
+            "device": str(self.poison.attack.device),
+            "precision": result.precision,
+            # out-of-memory fallbacks taken to finish (each also logged as a warning)
+            "memory_fallbacks": result.fallbacks,
             "timings_s": {
                 "decode": round(decoded - started, 3),
                 **{key: round(value, 3) for key, value in result.timings.items()},

@@ -5,10 +5,14 @@ so does the first frame of a chunk when this worker did not process the chunk be
 pool, chunks are spread over workers). Every other frame starts from the previous frame's
 perturbation, carried along with each tracked face, and only gets refinement iterations if
 that start no longer hides it.
+
+Both paths attack through :meth:`PoisonStage._attack`, which sizes batches to the free GPU
+memory and falls back on out-of-memory errors (:mod:`deepguard.attack.memory`).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -16,6 +20,7 @@ import torch
 
 from deepguard.attack.config import AttackConfig
 from deepguard.attack.core import AttackResult, FacePoison, Progress, Roundtrip
+from deepguard.attack.memory import MemoryGuard
 from deepguard.attack.regions import Window
 from deepguard.stages.carry import carry_delta, track_windows
 from deepguard.stages.chunk import Chunk, FrameTracks
@@ -36,7 +41,10 @@ class PoisonStage:
         # warm frames share the loaded detectors but get a shorter repair budget
         self.warm_attack = FacePoison(config.for_warm_frames(), self.attack.detectors, device)
         self.roundtrip = roundtrip
-        self.batch_size = batch_size or config.video.batch_size or (8 if device == "cuda" else 1)
+        cuda = torch.device(device).type == "cuda"
+        self.batch_size = batch_size or config.video.batch_size or (8 if cuda else 1)
+        # on CUDA the batch also shrinks to what free memory holds; halved on out of memory
+        self.memory = MemoryGuard(device, self.batch_size)
         # where the last chunk ended: a worker that gets the next chunk too carries on from it
         self._carry_over: tuple[int, torch.Tensor, FrameTracks, set[str]] | None = None
 
@@ -49,9 +57,40 @@ class PoisonStage:
         windows: list[Window] | None = None,
     ) -> AttackResult:
         """Protect N×H×W×3 uint8 RGB frames; see :meth:`FacePoison.protect`."""
-        return self.attack.protect(
-            frames, init_delta=init_delta, windows=windows, roundtrip=roundtrip, progress=progress
-        )
+        return self._attack(
+            self.attack, frames, init_delta=init_delta, windows=windows, roundtrip=roundtrip,
+            progress=progress,
+        )  # fmt: skip
+
+    def _attack(
+        self,
+        attack: FacePoison,
+        frames: np.ndarray,
+        init_delta: torch.Tensor | None = None,
+        windows: list[Window] | None = None,
+        iterations: int | None = None,
+        roundtrip: Roundtrip | None = None,
+        progress: Progress | None = None,
+        targets: list[str] | None = None,
+    ) -> AttackResult:
+        """``attack.protect`` on ``frames`` in batches that fit in memory, with fewer frames
+        per batch and then fewer iterations after an out-of-memory error: the one place the
+        image and the video path both go through. The fallbacks taken are in the result."""
+        budget = iterations or attack.config.iterations
+
+        def attempt(start: int, stop: int, cap: int | None) -> AttackResult:
+            return (attack if cap is None else _capped(attack, cap)).protect(
+                frames[start:stop],
+                init_delta=None if init_delta is None else init_delta[start:stop],
+                windows=_windows_between(windows, start, stop),
+                iterations=budget if cap is None else min(budget, cap),
+                roundtrip=roundtrip,
+                progress=progress,
+                targets=targets,
+            )
+
+        results, fallbacks = self.memory.run(len(frames), frames.shape[1:3], budget, attempt)
+        return _merge(results, fallbacks)
 
     def process(self, chunk: Chunk) -> Chunk:
         """Protect a chunk of a clip (tracks and scene starts filled in); sets ``protected``
@@ -68,15 +107,17 @@ class PoisonStage:
         start = 0
         while start < len(chunk):
             key = reference is None or start in chunk.scene_starts or not warm
-            stop = self._batch_stop(chunk, start, 1 if key else self.batch_size)
+            size = 1 if key else self.memory.batch_size(*chunk.frames.shape[1:3])
+            stop = self._batch_stop(chunk, start, size)
             frames = chunk.frames[start:stop]
             tracks = chunk.tracks[start:stop] if chunk.tracks else [{}] * (stop - start)
             windows = self._windows(tracks, frames.shape[1:3])
             if key:
-                result = self.attack.protect(frames, windows=windows, roundtrip=roundtrip)
+                result = self._attack(self.attack, frames, windows=windows, roundtrip=roundtrip)
                 given_up = {name for name, found in result.faces_after.items() if sum(found)}
             else:
-                result = self.warm_attack.protect(
+                result = self._attack(
+                    self.warm_attack,
                     frames,
                     init_delta=self._carried(reference, tracks),
                     windows=windows,
@@ -88,6 +129,10 @@ class PoisonStage:
             chunk.stats += _rows(result, tracks, key, given_up)
             for offset in range(start, stop):
                 chunk.stats[offset]["scene_start"] = offset in chunk.scene_starts
+            if result.fallbacks:  # on the batch's first row, in video frame numbers
+                for fallback in result.fallbacks:
+                    fallback["frame"] += chunk.start + start
+                chunk.stats[start]["memory_fallbacks"] = result.fallbacks
             reference = (result.delta[-1], tracks[-1])
             start = stop
         self._carry_over = (chunk.stop, *reference, given_up)
@@ -122,6 +167,48 @@ class PoisonStage:
                         keep_background=not config.region_mode)[0]
             for target in tracks
         ])  # fmt: skip
+
+
+def _capped(attack: FacePoison, cap: int) -> FacePoison:
+    """The same attack (same loaded detectors) with at most ``cap`` iterations a round."""
+    config = attack.config
+    reduced = config.model_copy(
+        update={
+            "iterations": min(config.iterations, cap),
+            "repair_iterations": min(config.repair_iterations, cap),
+            "min_iterations": min(config.min_iterations, cap),
+        }
+    )
+    return FacePoison(reduced, attack.detectors, attack.device)
+
+
+def _windows_between(windows: list[Window] | None, start: int, stop: int) -> list[Window] | None:
+    """The windows of frames ``start:stop``, numbered from ``start``."""
+    if windows is None:
+        return None
+    return [replace(w, frame=w.frame - start) for w in windows if start <= w.frame < stop]
+
+
+def _merge(results: list[AttackResult], fallbacks: list[dict]) -> AttackResult:
+    """One result for frames attacked in several batches (after an out-of-memory split)."""
+    if len(results) == 1:
+        (result,) = results
+        result.fallbacks = fallbacks
+        return result
+    names = results[0].faces_before
+    phases = dict.fromkeys(phase for r in results for phase in r.timings)
+    return AttackResult(
+        frames=np.concatenate([r.frames for r in results]),
+        delta=torch.cat([r.delta for r in results]),
+        faces_before={name: [n for r in results for n in r.faces_before[name]] for name in names},
+        faces_after={name: [n for r in results for n in r.faces_after[name]] for name in names},
+        iterations=max(r.iterations for r in results),
+        passes=sum(r.passes for r in results),
+        repair_rounds=max(r.repair_rounds for r in results),
+        timings={k: sum(r.timings.get(k, 0.0) for r in results) for k in phases},
+        precision=results[0].precision,
+        fallbacks=fallbacks,
+    )
 
 
 def _rows(
