@@ -166,15 +166,17 @@ def _eval(args: argparse.Namespace) -> int:
     from deepguard.models.registry import detector_specs, load_detector
     from deepguard.models.store import WeightError
     from deepguard.pipeline.evaluate import evaluate, format_table, pair_files, parse_recompress
+    from deepguard.settings import get_settings
 
     quality = parse_recompress(args.recompress)
     pairs = pair_files(Path(args.clean), Path(args.protected))
     ensemble = set(_split(args.ensemble) or load_preset(args.preset).detectors)
     names = _split(args.detectors) or [n for n, s in detector_specs().items() if s.shipped]
+    device = get_settings().resolved_device()
     detectors = []
     for name in names:
         try:
-            detectors.append(load_detector(name, download=False))
+            detectors.append(load_detector(name, device, download=False))
         except WeightError as error:
             if args.detectors:
                 raise

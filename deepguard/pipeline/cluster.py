@@ -9,6 +9,7 @@ has not chosen a mode with ``RAY_AUTH_MODE``.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from typing import Any
 
@@ -81,3 +82,32 @@ def cluster_devices() -> tuple[int, int]:
     """(CPUs, GPUs) the cluster offers, as whole numbers."""
     resources = ray.cluster_resources()
     return int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+
+
+def cluster_device(settings: Settings, gpus: int) -> str:
+    """Where the attack actors run: ``DEEPGUARD_DEVICE`` judged against the cluster's GPUs,
+    not the driver's (a CPU-only driver may well submit to GPU workers)."""
+    if settings.device == "cpu" or (settings.device == "auto" and not gpus):
+        return "cpu"
+    if not gpus:
+        raise DeepguardError("DEEPGUARD_DEVICE=cuda, but the Ray cluster offers no GPU")
+    return "cuda"
+
+
+#: the GPU share of each single stage actor of a video that runs detectors (the tracker, the
+#: smoother): Ray hides the GPUs from an actor that asks for none
+SINGLE_STAGE_GPU_SHARE = 0.05
+#: kept free on every card for them, so they fit wherever Ray places them
+_KEPT_PER_CARD = 2 * SINGLE_STAGE_GPU_SHARE
+
+
+def actors_per_gpu(settings: Settings) -> int:
+    """Attack actors that share one card: ``1 / DEEPGUARD_GPU_SHARE``."""
+    return max(1, int(1 / settings.gpu_share + 1e-9))
+
+
+def attack_gpu_share(settings: Settings) -> float:
+    """What each attack actor of a video asks Ray for: an equal part of what every card has
+    left once the single stages' share is kept (so no placement can leave an actor waiting)."""
+    share = (1 - _KEPT_PER_CARD) / actors_per_gpu(settings)
+    return math.floor(share * 10_000) / 10_000  # Ray counts GPU shares in units of 0.0001

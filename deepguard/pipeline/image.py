@@ -15,12 +15,9 @@ import ray
 from deepguard.attack.config import AttackConfig
 from deepguard.errors import DeepguardError
 from deepguard.pipeline.actors import ImageActor
-from deepguard.pipeline.cluster import cluster_devices, connect, get_result
+from deepguard.pipeline.cluster import cluster_device, cluster_devices, connect, get_result
 from deepguard.progress import Progress
 from deepguard.settings import Settings
-
-#: a photo's attack shares a GPU like a video's poison actors do
-_GPU_SHARE = 0.25
 
 
 def protect_image_on_ray(
@@ -34,7 +31,11 @@ def protect_image_on_ray(
     """Protect ``source`` into ``output`` in an actor; returns the processing report."""
     connect(settings)
     cpus, gpus = cluster_devices()
-    resources = {"num_gpus": _GPU_SHARE, "num_cpus": 0} if gpus else {"num_cpus": 1}
+    # a photo's attack shares a GPU like a video's poison actors do (DEEPGUARD_GPU_SHARE)
+    if cluster_device(settings, gpus) == "cuda":
+        resources = {"num_gpus": settings.gpu_share, "num_cpus": 0}
+    else:
+        resources = {"num_cpus": 1}
     actor = ImageActor.options(**resources).remote(config, settings, max(1, cpus - 1))
     try:
         stream = actor.protect.options(num_returns="streaming").remote(

@@ -26,11 +26,20 @@ from ray.exceptions import RayError
 from deepguard import __version__
 from deepguard.attack.config import AttackConfig
 from deepguard.attack.core import FacePoison
+from deepguard.attack.precision import resolve_precision
 from deepguard.errors import DeepguardError
 from deepguard.fileio import temporary_beside, write_atomically
 from deepguard.models.registry import load_detector
 from deepguard.pipeline.actors import DecodeActor, RemuxActor, StageActor
-from deepguard.pipeline.cluster import cluster_devices, connect, get_result
+from deepguard.pipeline.cluster import (
+    SINGLE_STAGE_GPU_SHARE,
+    actors_per_gpu,
+    attack_gpu_share,
+    cluster_device,
+    cluster_devices,
+    connect,
+    get_result,
+)
 from deepguard.progress import VIDEO_STAGES, detector_phase
 from deepguard.settings import Settings, get_settings
 from deepguard.stages.decode import VideoSource
@@ -83,8 +92,8 @@ class VideoProtector:
     ) -> None:
         """``stages`` replaces the builder of a stage by name (``"poison"``, ``"smooth"``, …):
         a picklable callable returning an object with ``process(chunk) -> chunk``."""
-        self.config = config.for_video()
         self.settings = settings or get_settings()
+        self.config = config.for_video().with_default_precision(self.settings.precision)
         self.encoder = EncoderSettings(config.video.crf, config.video.x264_preset)
         self.stages = stages or {}
 
@@ -137,9 +146,13 @@ class _Run:
         self.actors: list[ray.actor.ActorHandle] = []
         self.remux: ray.actor.ActorHandle | None = None
         cpus, gpus = cluster_devices()
-        self.device = "cuda" if gpus else "cpu"
-        self.pool_size = max(1, 4 * gpus if gpus else cpus - 1)
-        self.cpus, self.gpus = cpus, gpus
+        self.device = cluster_device(self.settings, gpus)
+        if self.device == "cuda":  # several attack actors share each card
+            self.pool_size = gpus * actors_per_gpu(self.settings)
+        else:
+            self.pool_size = max(1, cpus - 1)
+        self.cpus = cpus
+        self.gpus = gpus if self.device == "cuda" else 0
         pix_fmt = output_pix_fmt(info.pix_fmt, info.width, info.height)
         video = owner.config.video
         harsher = EncoderSettings(min(51, video.crf + video.verify_crf_margin), video.x264_preset)
@@ -147,12 +160,16 @@ class _Run:
 
     # -- actors ----------------------------------------------------------------------------
 
-    def _stage(self, name: str, build: Callable[[], Any], ordered: bool, heavy: bool = False):
-        """A stage actor; heavy ones (the attack) get a CPU or a share of a GPU each."""
+    def _stage(self, name: str, build: Callable[[], Any], ordered: bool, heavy: bool = False,
+               detectors: bool = False):  # fmt: skip
+        """A stage actor; heavy ones (the attack) get a CPU or a share of a GPU each
+        (``DEEPGUARD_GPU_SHARE``), the other stages that run ``detectors`` a small share."""
         build = self.owner.stages.get(name, build)
         options: dict[str, Any] = {"num_cpus": 1 if heavy and not self.gpus else 0}
-        if heavy and self.gpus:
-            options["num_gpus"] = 1 / 4
+        if self.gpus and heavy:
+            options["num_gpus"] = attack_gpu_share(self.settings)
+        elif self.gpus and detectors:  # placed on a GPU node and allowed to see the card
+            options["num_gpus"] = SINGLE_STAGE_GPU_SHARE
         threads = max(1, self.cpus // self.pool_size) if heavy else 1
         actor = StageActor.options(**options).remote(name, build, threads, ordered)
         self.actors.append(actor)
@@ -167,12 +184,12 @@ class _Run:
         self.actors.append(self.decoder)
         self.scenecut = self._stage("scenecut", functools.partial(_build_scenecut, info.fps), True)
         track = functools.partial(_build_track, config.video.track_detector, device)
-        self.tracker = self._stage("track", track, True)
+        self.tracker = self._stage("track", track, True, detectors=True)
         poison = functools.partial(_build_poison, config, device, self.roundtrip)
         self.pool = [self._stage("poison", poison, False, heavy=True)
                      for _ in range(self.pool_size)]  # fmt: skip
         smooth = functools.partial(_build_smooth, config, device, self.roundtrip)
-        self.smoother = self._stage("smooth", smooth, True)
+        self.smoother = self._stage("smooth", smooth, True, detectors=True)
         self.remux = RemuxActor.options(num_cpus=0).remote(
             info, str(self.partial), self.container, self.owner.encoder
         )
@@ -330,7 +347,14 @@ class _Run:
                 "seconds": round(seconds, 2),
                 "realtime_factor": round(seconds / duration, 2) if duration else None,
                 "stage_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
-                "workers": {"poison": self.pool_size, "device": self.device},
+                "workers": {
+                    "poison": self.pool_size,
+                    "device": self.device,
+                    "precision": resolve_precision(self.config.precision, self.device),
+                    "gpu_share": attack_gpu_share(self.settings) if self.gpus else None,
+                },
+                # out-of-memory fallbacks the poison actors took (each also logged)
+                "memory_fallbacks": [f for r in rows for f in r.get("memory_fallbacks", [])],
             },
             "frames": rows,
         }
