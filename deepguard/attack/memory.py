@@ -47,6 +47,17 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
+def usable_memory(free: float, total: float, reserved: float, allocated: float,
+                  share: float = 1.0) -> float:  # fmt: skip
+    """Bytes this process may still plan to use on the card: the free memory plus what its
+    allocator holds unused, and no more than its ``share`` of the card (the other attack
+    actors on it see the same free memory and plan with it too)."""
+    usable = free + reserved - allocated
+    if share < 1:
+        usable = min(usable, share * total - allocated)
+    return max(0.0, usable)
+
+
 def frames_that_fit(free_bytes: float, bytes_per_frame: float, limit: int) -> int:
     """How many frames a batch may hold: what ``HEADROOM`` of the free memory fits, at least
     one and at most ``limit``."""
@@ -57,9 +68,11 @@ def frames_that_fit(free_bytes: float, bytes_per_frame: float, limit: int) -> in
 class MemoryGuard:
     """Batch size and the out-of-memory fallback for one attack stage (one per actor)."""
 
-    def __init__(self, device: torch.device | str, batch_limit: int) -> None:
+    def __init__(self, device: torch.device | str, batch_limit: int, share: float = 1.0) -> None:
+        """``share``: the part of the card this process may plan with (its Ray GPU share)."""
         self.device = torch.device(device)
         self.batch_limit = max(1, batch_limit)  # halved for good on out of memory
+        self.share = share
         self.bytes_per_pixel: float | None = None  # the highest measured so far
 
     @property
@@ -70,11 +83,16 @@ class MemoryGuard:
         """Frames of ``height``×``width`` to attack together now."""
         if not self.cuda:
             return self.batch_limit
-        free, _ = torch.cuda.mem_get_info(self.device)
-        # memory this process's allocator holds but does not use is free for it too
-        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        usable = usable_memory(
+            free,
+            total,
+            torch.cuda.memory_reserved(self.device),
+            torch.cuda.memory_allocated(self.device),
+            self.share,
+        )
         per_pixel = self.bytes_per_pixel or INITIAL_BYTES_PER_PIXEL
-        return frames_that_fit(free, per_pixel * height * width, self.batch_limit)
+        return frames_that_fit(usable, per_pixel * height * width, self.batch_limit)
 
     def run(
         self,

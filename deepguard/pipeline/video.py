@@ -69,8 +69,10 @@ def _build_track(detector: str, device: str) -> TrackStage:
     return TrackStage(load_detector(detector, device))
 
 
-def _build_poison(config: AttackConfig, device: str, roundtrip: H264Roundtrip) -> PoisonStage:
-    return PoisonStage(config, device=device, roundtrip=roundtrip)
+def _build_poison(
+    config: AttackConfig, device: str, roundtrip: H264Roundtrip, gpu_share: float = 1.0
+) -> PoisonStage:
+    return PoisonStage(config, device=device, roundtrip=roundtrip, gpu_share=gpu_share)
 
 
 def _build_smooth(config: AttackConfig, device: str, roundtrip: H264Roundtrip) -> SmoothStage:
@@ -185,7 +187,8 @@ class _Run:
         self.scenecut = self._stage("scenecut", functools.partial(_build_scenecut, info.fps), True)
         track = functools.partial(_build_track, config.video.track_detector, device)
         self.tracker = self._stage("track", track, True, detectors=True)
-        poison = functools.partial(_build_poison, config, device, self.roundtrip)
+        share = attack_gpu_share(self.settings) if self.gpus else 1.0
+        poison = functools.partial(_build_poison, config, device, self.roundtrip, share)
         self.pool = [self._stage("poison", poison, False, heavy=True)
                      for _ in range(self.pool_size)]  # fmt: skip
         smooth = functools.partial(_build_smooth, config, device, self.roundtrip)

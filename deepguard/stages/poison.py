@@ -35,7 +35,10 @@ class PoisonStage:
         device: str = "cpu",
         roundtrip: Roundtrip | None = None,
         batch_size: int | None = None,
+        gpu_share: float = 1.0,
     ) -> None:
+        """``gpu_share``: the part of the card this stage plans its batches with (its Ray
+        share, when attack actors share a GPU)."""
         self.config = config
         self.attack = FacePoison(config, device=device)
         # warm frames share the loaded detectors but get a shorter repair budget
@@ -44,7 +47,7 @@ class PoisonStage:
         cuda = torch.device(device).type == "cuda"
         self.batch_size = batch_size or config.video.batch_size or (8 if cuda else 1)
         # on CUDA the batch also shrinks to what free memory holds; halved on out of memory
-        self.memory = MemoryGuard(device, self.batch_size)
+        self.memory = MemoryGuard(device, self.batch_size, gpu_share)
         # where the last chunk ended: a worker that gets the next chunk too carries on from it
         self._carry_over: tuple[int, torch.Tensor, FrameTracks, set[str]] | None = None
 

@@ -16,7 +16,12 @@ from PIL import Image
 
 from deepguard.attack.config import load_preset
 from deepguard.attack.core import FacePoison
-from deepguard.attack.memory import MemoryGuard, frames_that_fit, is_out_of_memory
+from deepguard.attack.memory import (
+    MemoryGuard,
+    frames_that_fit,
+    is_out_of_memory,
+    usable_memory,
+)
 from deepguard.attack.precision import resolve_precision
 from deepguard.errors import DeepguardError
 from deepguard.models.registry import load_detector
@@ -174,6 +179,10 @@ def test_the_batch_follows_free_memory() -> None:
     assert frames_that_fit(free_bytes=10 * gib, bytes_per_frame=4 * gib, limit=8) == 2
     assert frames_that_fit(free_bytes=1 * gib, bytes_per_frame=4 * gib, limit=8) == 1
     assert MemoryGuard("cpu", 3).batch_size(1080, 1920) == 3  # the CPU keeps the config's
+    # what the allocator holds unused counts as free; an actor sharing a card plans with its part
+    assert usable_memory(10 * gib, 80 * gib, 3 * gib, 1 * gib) == 12 * gib
+    assert usable_memory(70 * gib, 80 * gib, 1 * gib, 1 * gib, share=0.25) == 19 * gib
+    assert usable_memory(1 * gib, 80 * gib, 1 * gib, 1 * gib, share=0.25) == 1 * gib
 
 
 def test_auto_precision_is_fp16_on_cuda_and_fp32_on_the_cpu() -> None:
