@@ -61,11 +61,12 @@ class StageActor:
         frames = len(chunk)
         chunk = self.stage.process(chunk)
         record = _progress(self.name, chunk, started, frames)
-        if self.name == "poison":  # faces each detector found before and after, this chunk
+        rows = [row for row in chunk.stats if "faces_before" in row]
+        if self.name == "poison" and rows:  # faces each detector found before and after
             record["faces"] = {
-                name: [sum(row["faces_before"][name] for row in chunk.stats),
-                       sum(row["faces_after_roundtrip"][name] for row in chunk.stats)]
-                for name in chunk.stats[0]["faces_before"]
+                name: [sum(row["faces_before"][name] for row in rows),
+                       sum(row["faces_after_roundtrip"][name] for row in rows)]
+                for name in rows[0]["faces_before"]
             }  # fmt: skip
         return record, chunk
 
