@@ -262,13 +262,13 @@ class FacePoison:
             if rounds == 1 and config.give_up_ratio:  # after the main iterations + one repair
                 run.detectors = self._without_stalled(run, faces_after)
             hidden = all(sum(faces_after[d.name]) == 0 for d in run.detectors)
-            if hidden or rounds >= config.repair_rounds:
-                if config.shrink_steps and run.iterations:  # give back what steps inflated
-                    faces_after = self._shrink(run, faces_after)
-                    out = self._finish(run, run.delta)
-                self._report_faces(progress, faces_before, faces_after)
-                break
+            last = hidden or rounds >= config.repair_rounds
+            if last and config.shrink_steps and run.iterations:  # give back what steps inflated
+                faces_after = self._shrink(run, faces_after)
+                out = self._finish(run, run.delta)
             self._report_faces(progress, faces_before, faces_after)
+            if last:
+                break
             rounds += 1
             budget = config.repair_iterations
             log.info("faces still found after round %d: %s; repairing", rounds, faces_after)

@@ -81,6 +81,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.max_image_pixels,
     )
     results = settings.data_dir / "results"
+    # which detectors have weights: hashing every weight file is too slow to redo per request,
+    # and the weights do not change under a running service (restart it after a fetch)
+    detectors = detector_catalogue()
+    available = frozenset(d["name"] for d in detectors if d["available"])
     runner_holder: dict[str, JobRunner] = {}
 
     @contextlib.asynccontextmanager
@@ -143,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "auth_required": bool(settings.api_token),
             "max_upload_mb": settings.max_upload_mb,
             "presets": preset_catalogue(),
-            "detectors": detector_catalogue(),
+            "detectors": detectors,
         }
 
     @public.post("/session", summary="Exchange the API token for a session cookie (browsers)")
@@ -220,7 +224,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             iterations=request.iterations,
             region_mode=request.region_mode,
         )
-        available = {d["name"] for d in detector_catalogue() if d["available"]}
         for name in config.detectors:
             get_spec(name)  # an unknown name is refused with the list of known ones
             if name not in available:

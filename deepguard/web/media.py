@@ -20,7 +20,7 @@ from PIL import Image
 from deepguard.errors import InputError
 from deepguard.stages.decode import VideoSource
 from deepguard.stages.image_io import read_image
-from deepguard.stages.video_io import media_error, probe_video, to_display
+from deepguard.stages.video_io import VIDEO_SUFFIXES, media_error, probe_video, to_display
 
 #: ISO base media brands that mean QuickTime rather than MP4
 _QUICKTIME_BRANDS = (b"qt  ",)
@@ -62,7 +62,7 @@ def sniff(head: bytes) -> tuple[str, str] | None:
 
 def inspect(path: Path, max_pixels: int) -> MediaInfo:
     """Decode enough of ``path`` (named by :func:`sniff`) to trust it; raise InputError if not."""
-    if path.suffix == ".mp4" or path.suffix == ".mov":
+    if path.suffix in VIDEO_SUFFIXES:
         info = probe_video(path, max_pixels)
         first = next(iter(VideoSource(path, max_pixels, chunk_size=1).frames()), None)
         if first is None:  # frames() raises for an empty or corrupt stream; belt and braces
@@ -90,7 +90,7 @@ def frame_rgb(path: Path, index: int, max_pixels: int) -> np.ndarray:
     Frames are found by time (index / frame rate) after a keyframe seek, so the original and
     the protected clip, which share every timestamp, give the same frame quickly.
     """
-    if path.suffix not in (".mp4", ".mov"):
+    if path.suffix not in VIDEO_SUFFIXES:
         if index != 0:
             raise InputError("an image has only frame 0")
         return read_image(path, max_pixels).rgb
