@@ -35,6 +35,7 @@ from deepguard.pipeline.retention import cleanup
 from deepguard.settings import Settings, get_settings
 from deepguard.web.estimate import estimate
 from deepguard.web.media import frame_rgb, png_bytes
+from deepguard.web.qr import qr_svg
 from deepguard.web.runner import JobRunner, QueueFull
 from deepguard.web.uploads import UnsupportedMedia, Upload, UploadStore, UploadTooLarge, valid_id
 from deepguard.web.views import detector_catalogue, job_view, preset_catalogue
@@ -373,17 +374,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @api.get("/jobs/{job_id}/qr.svg", summary="QR code of the result page, for a phone")
     def qr(job_id: str, request: Request) -> Response:
-        import qrcode
-        import qrcode.image.svg
-
         find(job_id)
-        image = qrcode.make(
-            page_url(request, job_id),
-            box_size=10,
-            border=4,
-            image_factory=qrcode.image.svg.SvgPathFillImage,
-        )
-        return Response(image.to_string(), media_type="image/svg+xml")
+        return Response(qr_svg(page_url(request, job_id)), media_type="image/svg+xml")
 
     # -- live progress --------------------------------------------------------------------
 

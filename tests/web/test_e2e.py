@@ -188,6 +188,9 @@ def _qr_url(page, shots: Path, prefix: str) -> str:
     page.wait_for_function("document.querySelector('#qr').naturalWidth > 0")
     png = page.locator("#qr").screenshot(path=shots / f"{prefix}-qr.png")
     image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    # OpenCV's detector finds finder patterns far more reliably on large, sharp modules
+    image = cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST)
+    image = cv2.copyMakeBorder(image, 32, 32, 32, 32, cv2.BORDER_CONSTANT, value=255)
     text, _, _ = cv2.QRCodeDetector().detectAndDecode(image)
     return text
 
