@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,7 +17,10 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 # the product reads weights through its settings; point them at the shared folder by default
 os.environ.setdefault("DEEPGUARD_WEIGHTS_DIR", str(SHARED / "weights"))
 # job store, uploads and results of the code under test go to a throwaway folder
-os.environ.setdefault("DEEPGUARD_DATA_DIR", tempfile.mkdtemp(prefix="deepguard-test-data-"))
+if "DEEPGUARD_DATA_DIR" not in os.environ:
+    _DATA_DIR = tempfile.mkdtemp(prefix="deepguard-test-data-")
+    os.environ["DEEPGUARD_DATA_DIR"] = _DATA_DIR
+    atexit.register(shutil.rmtree, _DATA_DIR, ignore_errors=True)
 
 
 def _require(path: Path, what: str) -> Path:
