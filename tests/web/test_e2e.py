@@ -188,11 +188,17 @@ def _qr_url(page, shots: Path, prefix: str) -> str:
     page.wait_for_function("document.querySelector('#qr').naturalWidth > 0")
     png = page.locator("#qr").screenshot(path=shots / f"{prefix}-qr.png")
     image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
-    # OpenCV's detector finds finder patterns far more reliably on large, sharp modules
-    image = cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST)
-    image = cv2.copyMakeBorder(image, 32, 32, 32, 32, cv2.BORDER_CONSTANT, value=255)
-    text, _, _ = cv2.QRCodeDetector().detectAndDecode(image)
-    return text
+    # OpenCV's classic detector misses some sharp, valid codes (it depends on the content), so
+    # try its ArUco-based detector too, and a few nearest-neighbour scales with a white margin.
+    # Error correction makes a wrong text practically impossible; an empty one means unread.
+    for factor in (1, 2, 4, 6):
+        scaled = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+        scaled = cv2.copyMakeBorder(scaled, 32, 32, 32, 32, cv2.BORDER_CONSTANT, value=255)
+        for detector in (cv2.QRCodeDetectorAruco(), cv2.QRCodeDetector()):
+            text, _, _ = detector.detectAndDecode(scaled)
+            if text:
+                return text
+    return ""
 
 
 def _download(page, selector: str, folder: Path) -> Path:
