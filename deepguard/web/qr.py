@@ -14,7 +14,7 @@ class _PixelSvg(qrcode.image.svg.SvgPathFillImage):
     """An SVG QR code sized in CSS pixels rather than millimetres.
 
     qrcode's SVG images are sized in millimetres, so a browser scales each module by a fraction
-    of a pixel and blurs its edges; a phone camera (or a decoder) then misreads some codes.
+    of a pixel and blurs its edges, which makes a camera's (or a decoder's) job harder.
     """
 
     def units(self, pixels, text=True):  # type: ignore[override]  # qrcode's own signature
