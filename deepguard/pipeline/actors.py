@@ -29,6 +29,19 @@ from deepguard.stages.video_io import EncoderSettings, VideoInfo
 Progress = dict[str, Any]
 
 
+def _faces_summary(stats: list[dict]) -> dict:
+    """``{"faces": {detector: [before, after]}}`` over the rows that carry face counts."""
+    rows = [row for row in stats if "faces_before" in row]
+    if not rows:
+        return {}
+    faces = {
+        name: [sum(row["faces_before"][name] for row in rows),
+               sum(row["faces_after_roundtrip"][name] for row in rows)]
+        for name in rows[0]["faces_before"]
+    }  # fmt: skip
+    return {"faces": faces}
+
+
 def _progress(stage: str, chunk: Chunk | None, started: float, frames: int | None = None):
     return {
         "stage": stage,
@@ -61,13 +74,8 @@ class StageActor:
         frames = len(chunk)
         chunk = self.stage.process(chunk)
         record = _progress(self.name, chunk, started, frames)
-        rows = [row for row in chunk.stats if "faces_before" in row]
-        if self.name == "poison" and rows:  # faces each detector found before and after
-            record["faces"] = {
-                name: [sum(row["faces_before"][name] for row in rows),
-                       sum(row["faces_after_roundtrip"][name] for row in rows)]
-                for name in rows[0]["faces_before"]
-            }  # fmt: skip
+        if self.name == "poison":  # faces each detector found before and after, this chunk
+            record.update(_faces_summary(chunk.stats))
         return record, chunk
 
 
