@@ -155,8 +155,11 @@ class FacePoison:
 
     def verify(self, frames: np.ndarray, roundtrip: Roundtrip | None) -> dict[str, list[int]]:
         """Faces still found on any delivered version of ``frames`` (per detector, per frame)."""
+        return self._faces_in(self.delivered(frames, roundtrip))
+
+    def _faces_in(self, versions: list[np.ndarray]) -> dict[str, list[int]]:
         counts: dict[str, list[int]] = {}
-        for version in self.delivered(frames, roundtrip):
+        for version in versions:
             for name, per_frame in self.count_faces(version).items():
                 _keep_most(counts, name, per_frame)
         return counts
@@ -459,28 +462,45 @@ class FacePoison:
     def _visible_after_delivery(
         self, run: _Run, delta: Tensor, detectors: Sequence[FaceDetector] | None = None
     ) -> bool:
-        out = self._finish(run, delta)
+        versions = self.delivered(self._finish(run, delta), run.roundtrip)
+        return self._visible_in(versions, run, detectors)
+
+    def _visible_in(
+        self, versions: list[np.ndarray], run: _Run, detectors: Sequence[FaceDetector] | None = None
+    ) -> bool:
         detectors = run.detectors if detectors is None else detectors
         return any(
             self._visible(frames_to_tensor(version, run.x.device), run.views, detectors)
-            for version in self.delivered(out, run.roundtrip)
+            for version in versions
         )
 
     def _shrink(self, run: _Run, faces: dict[str, list[int]]) -> dict[str, list[int]]:
-        """Scale the perturbation down as far as no attacked detector finds more faces on the
-        delivered output than it does now; returns the faces found at the chosen scale.
+        """Scale the perturbation down as far as delivery keeps what it achieved at full
+        strength; returns the faces found at the chosen scale.
 
         Sign steps spend the whole budget; most of it is rarely needed, and a few bisection
-        steps on the perturbation's scale buy back image quality. It runs once, when the
-        attack ends: between repair rounds it would throw away the progress on the faces a
-        detector still finds. A detector that still finds some faces keeps the others hidden
-        (its count may not grow) but does not hold the image's quality hostage.
+        steps on the perturbation's scale buy back image quality. A detector that is clear at
+        full strength must stay clear by the early stop's margin (``verify_margin``): shrunk
+        to the bare threshold, the perturbation breaks under the next codec, warm start or
+        smoothing (video hid RetinaFace on 56 % of frames instead of 96 %). A detector that
+        still finds some faces may not find more, but does not hold the image's quality
+        hostage. It runs once, when the attack ends: between repair rounds it would throw
+        away the progress on the faces a detector still finds.
         """
+        full = self.delivered(self._finish(run, run.delta), run.roundtrip)
+        clear = [
+            d
+            for d in run.detectors
+            if sum(faces[d.name]) == 0 and not self._visible_in(full, run, [d])
+        ]
         low, high, kept = 0.0, 1.0, faces
         for _ in range(self.config.shrink_steps):
             middle = (low + high) / 2
-            found = self.verify(self._finish(run, run.delta * middle), run.roundtrip)
-            if all(
+            versions = self.delivered(self._finish(run, run.delta * middle), run.roundtrip)
+            found = None
+            if not (clear and self._visible_in(versions, run, clear)):
+                found = self._faces_in(versions)
+            if found is not None and all(
                 now <= before
                 for detector in run.detectors
                 for now, before in zip(found[detector.name], faces[detector.name], strict=True)

@@ -100,3 +100,57 @@ def test_a_stalled_detector_is_left_out_of_the_repairs() -> None:
     still_found = {"retinaface": [1], "mtcnn": [1], "yunet": [2], "hidden": [0]}
     kept = [d.name for d in attack._without_stalled(run, still_found)]
     assert kept == ["retinaface", "yunet", "hidden"]  # mtcnn fell 20 %: no more repairs
+
+
+class _FadingFace:
+    """A stand-in detector with one face whose score falls linearly as the perturbation's
+    mean size grows: 0.6 × threshold at full strength (16 levels), the threshold at 3.2."""
+
+    name = "fading"
+    score_threshold = 0.5
+
+    def __init__(self, clean: torch.Tensor) -> None:
+        self.clean = clean
+
+    def _score(self, x: torch.Tensor) -> float:
+        strength = float((x - self.clean).abs().mean()) / 16
+        return self.score_threshold * (1.1 - 0.5 * strength)
+
+    def score_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.tensor([[self._score(x)]])]
+
+    def detect_batch(self, x: torch.Tensor) -> list:
+        from deepguard.models.base import Detections
+
+        score = self._score(x)
+        found = score > self.score_threshold
+        boxes = np.array([[0, 0, 8, 8]] if found else np.zeros((0, 4)), np.float32)
+        return [Detections(boxes, np.array([score] if found else [], np.float32))]
+
+
+def test_shrinking_keeps_hidden_faces_clear_of_the_threshold() -> None:
+    """The final shrink buys back quality, but a face hidden at full strength must stay below
+    the early stop's margin, not just below the threshold: a perturbation at the bare
+    threshold breaks under the next codec, warm start or smoothing."""
+    from types import SimpleNamespace
+
+    from deepguard.attack.core import FacePoison
+    from deepguard.attack.regions import Window
+
+    config = load_preset(
+        "balanced", epsilon=16, shrink_steps=3, verify_recompress_quality=None, scales=[1.0]
+    )
+    frames = np.full((1, 16, 16, 3), 100, np.uint8)
+    clean = torch.full((1, 3, 16, 16), 100.0)
+    detector = _FadingFace(clean)
+    attack = FacePoison(config, detectors=[detector])
+    run = SimpleNamespace(
+        x=clean, frames=frames, detectors=[detector], roundtrip=None,
+        views=[Window(0, 0, 0, 16, 16)], delta=torch.full_like(clean, 16.0),
+    )  # fmt: skip
+    found = attack._shrink(run, {"fading": [0]})
+    # scales 0.5 (0.85 × threshold: hidden, but inside the margin), 0.75 (0.725), 0.625
+    # (0.7875): the bare-threshold rule would have taken 0.25 (0.975 × threshold)
+    assert found == {"fading": [0]}
+    assert float(run.delta.mean()) == pytest.approx(16 * 0.625)
+    assert detector._score(clean + run.delta) < config.verify_margin * detector.score_threshold
