@@ -261,13 +261,14 @@ class FacePoison:
             if rounds or not skip_first:
                 self._iterate(run, budget)
             out = self._finish(run, run.delta)
-            faces_after = self.verify(out, roundtrip)
+            delivered = self.delivered(out, roundtrip)
+            faces_after = self._faces_in(delivered)
             if rounds == 1 and config.give_up_ratio:  # after the main iterations + one repair
                 run.detectors = self._without_stalled(run, faces_after)
             hidden = all(sum(faces_after[d.name]) == 0 for d in run.detectors)
             last = hidden or rounds >= config.repair_rounds
             if last and config.shrink_steps and run.iterations:  # give back what steps inflated
-                faces_after = self._shrink(run, faces_after)
+                faces_after = self._shrink(run, faces_after, delivered)
                 out = self._finish(run, run.delta)
             self._report_faces(progress, faces_before, faces_after)
             if last:
@@ -275,7 +276,7 @@ class FacePoison:
             rounds += 1
             budget = config.repair_iterations
             log.info("faces still found after round %d: %s; repairing", rounds, faces_after)
-            self._widen(run, out)
+            self._widen(run, delivered)
         timings["attack"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - started
         return AttackResult(
@@ -474,9 +475,12 @@ class FacePoison:
             for version in versions
         )
 
-    def _shrink(self, run: _Run, faces: dict[str, list[int]]) -> dict[str, list[int]]:
+    def _shrink(
+        self, run: _Run, faces: dict[str, list[int]], delivered: list[np.ndarray]
+    ) -> dict[str, list[int]]:
         """Scale the perturbation down as far as delivery keeps what it achieved at full
-        strength; returns the faces found at the chosen scale.
+        strength (``faces`` found on the ``delivered`` versions); returns the faces found at
+        the chosen scale.
 
         Sign steps spend the whole budget; most of it is rarely needed, and a few bisection
         steps on the perturbation's scale buy back image quality. A detector that is clear at
@@ -487,11 +491,10 @@ class FacePoison:
         hostage. It runs once, when the attack ends: between repair rounds it would throw
         away the progress on the faces a detector still finds.
         """
-        full = self.delivered(self._finish(run, run.delta), run.roundtrip)
         clear = [
             d
             for d in run.detectors
-            if sum(faces[d.name]) == 0 and not self._visible_in(full, run, [d])
+            if sum(faces[d.name]) == 0 and not self._visible_in(delivered, run, [d])
         ]
         low, high, kept = 0.0, 1.0, faces
         for _ in range(self.config.shrink_steps):
@@ -520,9 +523,9 @@ class FacePoison:
             for name, found in after.items():
                 progress(detector_phase("faces", name), sum(found), sum(before[name]))
 
-    def _widen(self, run: _Run, out: np.ndarray) -> None:
+    def _widen(self, run: _Run, delivered: list[np.ndarray]) -> None:
         """Also attack wherever the delivered output still shows a face."""
-        for version in self.delivered(out, run.roundtrip):
+        for version in delivered:
             found = self.propose_windows(frames_to_tensor(version, run.x.device))
             run.windows = merge_windows(run.windows + found)
         run.mask = self._mask(run.x, run.windows)

@@ -148,7 +148,7 @@ def test_shrinking_keeps_hidden_faces_clear_of_the_threshold() -> None:
         x=clean, frames=frames, detectors=[detector], roundtrip=None,
         views=[Window(0, 0, 0, 16, 16)], delta=torch.full_like(clean, 16.0),
     )  # fmt: skip
-    found = attack._shrink(run, {"fading": [0]})
+    found = attack._shrink(run, {"fading": [0]}, attack.delivered(frames + 16, None))
     # scales 0.5 (0.85 × threshold: hidden, but inside the margin), 0.75 (0.725), 0.625
     # (0.7875): the bare-threshold rule would have taken 0.25 (0.975 × threshold)
     assert found == {"fading": [0]}
