@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from deepguard.errors import DeepguardError
-from deepguard.pipeline.submit import job_client, job_rows, submit, wait
+from deepguard.pipeline.submit import job_client, job_rows, submit, submit_job, wait
 from tests.test_video_pipeline import free_port
 
 ray = pytest.importorskip("ray")
@@ -61,6 +61,25 @@ def test_two_jobs_run_to_completion_on_the_cluster(dashboard_address, media_dir,
 def test_unreachable_jobs_api_is_a_clear_error():
     with pytest.raises(DeepguardError, match="cannot reach the Ray Jobs API"):
         job_client(f"http://127.0.0.1:{free_port()}")
+
+
+def test_submission_waits_for_the_job_agent_of_a_fresh_head():
+    class FreshHead:  # the Jobs API's answers while the head's job agent starts up
+        def __init__(self, refusals: int) -> None:
+            self.refusals = refusals
+
+        def submit_job(self, **job) -> str:
+            if self.refusals:
+                self.refusals -= 1
+                raise RuntimeError(
+                    "Request failed with status code 500: No available agent to submit job, "
+                    "please try again later.."
+                )
+            return "raysubmit_1"
+
+    assert submit_job(FreshHead(refusals=2), entrypoint="true") == "raysubmit_1"
+    with pytest.raises(RuntimeError, match="No available agent"):  # not forever
+        submit_job(FreshHead(refusals=10), agent_wait_s=0.5, entrypoint="true")
 
 
 def test_cancelled_job_stops_and_leaves_no_output(dashboard_address, videos_dir, tmp_path):

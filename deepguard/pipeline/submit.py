@@ -19,6 +19,8 @@ from deepguard.pipeline.cluster import present_token_if_available
 
 #: how a finished Ray job ended
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+#: what the Jobs API answers while a freshly started head's job agent is not up yet
+AGENT_NOT_READY = "No available agent to submit job"
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,30 @@ def submit(
         report = folder / f"{source.stem}.protected.json"
         command = ["deepguard", "protect", str(source), "-o", str(output),
                    "--report", str(report), "--quiet", *options]  # fmt: skip
-        job_id = client.submit_job(
+        job_id = submit_job(
+            client,
             entrypoint=shlex.join(command),
             metadata={"deepguard": "protect", "input": str(source), "output": str(output)},
         )
         submissions.append(Submission(job_id, source, output, report))
     return submissions
+
+
+def submit_job(client, agent_wait_s: float = 60.0, **job: Any) -> str:
+    """``client.submit_job(**job)``, waiting up to ``agent_wait_s`` for the head's job agent.
+
+    Right after ``ray start --head`` (or on a busy head) the dashboard answers before its job
+    agent has registered, and refuses submissions with "try again later"; a queue of files
+    should not fail on that.
+    """
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as error:
+            if AGENT_NOT_READY not in str(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(1.0)
 
 
 def wait(client, job_ids: Sequence[str], timeout_s: float | None = None) -> dict[str, str]:
