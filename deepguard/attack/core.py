@@ -10,6 +10,7 @@ way a sharing site would. While a face is still found and budget remains, it kee
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import random
@@ -105,6 +106,29 @@ def jpeg_roundtrip_uint8(frames: np.ndarray, quality: int) -> np.ndarray:
     return np.stack(out)
 
 
+def _without_cudnn(method: Callable) -> Callable:
+    """Run ``method`` with cuDNN off when the attack is on CUDA.
+
+    The attack's views change shape every iteration (random context, EOT rescaling), and
+    cuDNN builds a new execution plan for each new shape. Measured on an H100, on a 1080p
+    photo with `balanced` and 4 iterations (torch 2.11, cuDNN 9.19): 48.9 s with cuDNN and
+    2.0 s with PyTorch's own convolution kernels.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: FacePoison, *args, **kwargs):
+        if self.device.type != "cuda":
+            return method(self, *args, **kwargs)
+        previous = torch.backends.cudnn.enabled
+        torch.backends.cudnn.enabled = False
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            torch.backends.cudnn.enabled = previous
+
+    return wrapper
+
+
 class FacePoison:
     """The attack, bound to an ensemble of loaded detectors."""
 
@@ -190,6 +214,7 @@ class FacePoison:
 
     # -- the attack ------------------------------------------------------------------------
 
+    @_without_cudnn
     def protect(
         self,
         frames: np.ndarray,
