@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from image import full_hd_photo  # bench/image.py
 from PIL import Image
-from video_memory import synthetic_clip  # bench/video_memory.py
 
 from deepguard.attack.config import load_preset
 from deepguard.attack.core import frames_to_tensor
@@ -151,6 +150,9 @@ def photos(names: list[str], size: tuple[int, int], device: str, precision: str,
 
 
 def video(seconds: float, size: tuple[int, int], precision: str, work: Path) -> dict:
+    # imported here: the photo and stability figures need no Ray
+    from video_memory import synthetic_clip  # bench/video_memory.py
+
     from deepguard.pipeline.video import VideoProtector
 
     frames = max(1, round(seconds * 30))
