@@ -525,10 +525,11 @@ class FacePoison:
         for _ in range(self.config.shrink_steps):
             middle = (low + high) / 2
             versions = self.delivered(self._finish(run, run.delta * middle), run.roundtrip)
-            found = None
-            if not (clear and self._visible_in(versions, run, clear)):
-                found = self._faces_in(versions)
-            if found is not None and all(
+            if clear and self._visible_in(versions, run, clear):  # inside the margin: too far
+                low = middle
+                continue
+            found = self._faces_in(versions)
+            if all(
                 now <= before
                 for detector in run.detectors
                 for now, before in zip(found[detector.name], faces[detector.name], strict=True)

@@ -117,7 +117,7 @@ class PoisonStage:
             windows = self._windows(tracks, frames.shape[1:3])
             if key:
                 result = self._attack(self.attack, frames, windows=windows, roundtrip=roundtrip)
-                given_up = _beaten_by(result)
+                given_up = _detectors_to_give_up(result)
             else:
                 result = self._attack(
                     self.warm_attack,
@@ -214,7 +214,7 @@ def _merge(results: list[AttackResult], fallbacks: list[dict]) -> AttackResult:
     )
 
 
-def _beaten_by(result: AttackResult) -> set[str]:
+def _detectors_to_give_up(result: AttackResult) -> set[str]:
     """Detectors a scene's full key-frame attack hid none of the faces from (MTCNN on a large
     face): refining them on every frame is wasted work. A detector that lost some faces stays
     attacked. Giving up on one face left over abandoned the others for the whole scene: on a

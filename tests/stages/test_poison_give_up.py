@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from deepguard.attack.core import AttackResult
-from deepguard.stages.poison import _beaten_by
+from deepguard.stages.poison import _detectors_to_give_up
 
 
 def test_a_scene_gives_up_only_on_detectors_that_lost_no_face() -> None:
@@ -18,4 +18,4 @@ def test_a_scene_gives_up_only_on_detectors_that_lost_no_face() -> None:
     )
     # RetinaFace lost 3 of 4 faces: the warm frames keep attacking it (giving up on it left
     # it finding 143 of 186 faces on a 1080p clip); MTCNN lost none: refining it is wasted
-    assert _beaten_by(result) == {"mtcnn"}
+    assert _detectors_to_give_up(result) == {"mtcnn"}
