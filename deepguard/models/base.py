@@ -133,13 +133,17 @@ class FaceDetector(nn.Module, ABC):
                 handle.remove()
         return maps, {name: captured[name] for name in self.feature_modules if name in captured}
 
-    def postprocess(self, pred: DensePrediction) -> list[Detections]:
-        """Threshold, NMS and top-k, image by image, at the detector's defaults."""
+    def postprocess(
+        self, pred: DensePrediction, threshold: float | None = None
+    ) -> list[Detections]:
+        """Threshold, NMS and top-k, image by image. ``threshold`` replaces the detector's
+        own, as a tool that runs this detector at another confidence would."""
+        threshold = self.score_threshold if threshold is None else threshold
         results = []
         for scores, boxes in zip(
             pred.scores.detach().float(), pred.boxes.detach().float(), strict=False
         ):
-            keep = scores > self.score_threshold
+            keep = scores > threshold
             if self.min_box_size > 0:
                 wh = boxes[:, 2:] - boxes[:, :2]
                 keep &= (wh >= self.min_box_size).all(dim=1)
@@ -151,13 +155,13 @@ class FaceDetector(nn.Module, ABC):
         return results
 
     @torch.no_grad()
-    def detect_batch(self, x: Tensor) -> list[Detections]:
-        """Detections for an N×3×H×W batch (RGB, 0..255)."""
-        return self.postprocess(self.dense(x))
+    def detect_batch(self, x: Tensor, threshold: float | None = None) -> list[Detections]:
+        """Detections for an N×3×H×W batch (RGB, 0..255), at ``threshold`` if given."""
+        return self.postprocess(self.dense(x), threshold)
 
-    def detect(self, image: np.ndarray) -> Detections:
+    def detect(self, image: np.ndarray, threshold: float | None = None) -> Detections:
         """Detections for one H×W×3 uint8 RGB image, with no gradient."""
-        return self.detect_batch(image_to_tensor(image, self.device))[0]
+        return self.detect_batch(image_to_tensor(image, self.device), threshold)[0]
 
     @property
     def device(self) -> torch.device:

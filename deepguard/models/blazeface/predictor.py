@@ -137,13 +137,16 @@ class BlazeFace(FaceDetector):
         """Stride-4 backbone map, then the 16×16 and 8×8 maps the heads read."""
         return self.net.stages(self.letterbox(x)[0])
 
-    def postprocess(self, pred: DensePrediction) -> list[Detections]:
+    def postprocess(
+        self, pred: DensePrediction, threshold: float | None = None
+    ) -> list[Detections]:
         """Threshold, then weighted NMS (BlazeFace's published suppression)."""
+        threshold = self.score_threshold if threshold is None else threshold
         results = []
         for scores, boxes in zip(
             pred.scores.detach().float(), pred.boxes.detach().float(), strict=True
         ):
-            keep = scores >= self.score_threshold
+            keep = scores >= threshold
             boxes, scores = weighted_nms(boxes[keep], scores[keep], self.nms_iou)
             boxes, scores = boxes[: self.max_detections], scores[: self.max_detections]
             results.append(Detections(boxes.cpu().numpy(), scores.cpu().numpy()))

@@ -314,12 +314,16 @@ class MTCNN(FaceDetector):
         c1, c2, c3 = self.pnet.trunk(level)
         return {"pnet.prelu1": c1, "pnet.prelu2": c2, "pnet.prelu3": c3}
 
-    def postprocess(self, pred: DensePrediction) -> list[Detections]:
-        """Threshold at the O-Net threshold, then the reference's "Min"-overlap NMS."""
+    def postprocess(
+        self, pred: DensePrediction, threshold: float | None = None
+    ) -> list[Detections]:
+        """Threshold at the O-Net threshold (or ``threshold``), then the reference's
+        "Min"-overlap NMS."""
+        threshold = self.score_threshold if threshold is None else threshold
         results = []
         all_scores, all_boxes = pred.scores.detach().float(), pred.boxes.detach().float()
         for scores, boxes in zip(all_scores, all_boxes, strict=True):
-            keep = scores > self.score_threshold
+            keep = scores > threshold
             scores, boxes = scores[keep], boxes[keep]
             keep = min_overlap_nms(boxes, scores, self.nms_iou)[: self.max_detections]
             results.append(
