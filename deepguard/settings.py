@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DEEPGUARD_ALLOW_UNPINNED_WEIGHTS"),
         description="Accept downloads of weights that have no sha256 pinned in detectors.yaml.",
     )
+    tools_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DEEPGUARD_TOOLS_FILE"),
+        description="Extra tool profiles (YAML, the shape of configs/tools.yaml).",
+    )
     download_timeout_s: float = Field(
         default=60.0, validation_alias=AliasChoices("DEEPGUARD_DOWNLOAD_TIMEOUT")
     )

@@ -97,6 +97,11 @@ class AttackConfig(BaseModel):
     eot_probability: float = Field(0.5, ge=0, le=1)
     eot_jpeg_quality: tuple[int, int] = (70, 95)
     eot_scale: tuple[float, float] = (0.8, 1.0)
+    tools: list[str] | None = Field(
+        None,
+        description="tool profiles (configs/tools.yaml) the result is judged and attacked "
+        "under; None: every enabled profile",
+    )
     # where to attack
     scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     region_mode: bool = True

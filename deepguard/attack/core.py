@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torchvision.ops import nms
@@ -27,10 +28,13 @@ from torchvision.ops import nms
 from deepguard.attack.config import AttackConfig
 from deepguard.attack.losses import FeatureImportance, score_suppression_loss
 from deepguard.attack.precision import Autocast
+from deepguard.attack.profiles import enabled_profiles
 from deepguard.attack.regions import Window, detector_views, face_windows, merge_windows
 from deepguard.attack.transforms import RandomTransform, quantize_uint8, resize
-from deepguard.models.base import Detections, FaceDetector
-from deepguard.models.registry import load_detectors
+from deepguard.attack.verification import Look, Verdict, judge, plan_looks, tool_summary
+from deepguard.errors import DeepguardError
+from deepguard.models.base import FaceDetector
+from deepguard.models.registry import load_detector, load_detectors
 from deepguard.progress import Progress, detector_phase
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,9 @@ class AttackResult:
     delta: Tensor  # N×3×H×W float, the perturbation before rounding (for warm starts)
     faces_before: dict[str, list[int]]  # detector → faces per frame, clean input
     faces_after: dict[str, list[int]]  # detector → faces per frame, delivered output
+    #: tool profile → faces per frame, through the ensemble's looks (clean / delivered)
+    tools_before: dict[str, list[int]] = field(default_factory=dict)
+    tools_after: dict[str, list[int]] = field(default_factory=dict)
     iterations: int = 0
     passes: int = 0  # detector forward+backward passes
     repair_rounds: int = 0
@@ -80,6 +87,7 @@ class _Run:
     rng: random.Random
     progress: Progress | None
     total_budget: int
+    looks: list[Look]  # how the ensemble and the tools look at these frames
     iterations: int = 0
     passes: int = 0
     # detector → its score loss summed over views, per iteration (to spot a stalled one)
@@ -141,33 +149,59 @@ class FacePoison:
         self.config = config
         self.device = torch.device(device)
         self.detectors = list(detectors or load_detectors(config.detectors, str(self.device)))
+        self.table = {detector.name: detector for detector in self.detectors}
+        self.profiles = enabled_profiles(config.tools)
         self.autocast = Autocast(config.precision, self.device)
         #: per detector, the fp16 loss scale (lowered when a scaled gradient overflows)
         self._loss_scales: dict[str, float] = {}
+        self._looks: dict[tuple[int, int], list[Look]] = {}
+        #: detectors that only tool reports use (a profile's detector outside the ensemble)
+        self._others: dict[str, FaceDetector] | None = None
 
     # -- detection -------------------------------------------------------------------------
 
-    def detect(self, frames: np.ndarray, scale: float = 1.0) -> dict[str, list[Detections]]:
-        """Every ensemble detector's detections on uint8 frames, boxes in frame pixels.
-        Always fp32: this is what the report's face counts and the verdict rest on."""
-        x = resize(frames_to_tensor(frames, self.device), scale)
-        found = {}
-        for detector in self.detectors:
-            detections = []
-            for frame in x:
-                with self.autocast.fp32():
-                    (result,) = detector.detect_batch(frame.unsqueeze(0))
-                detections.append(Detections(result.boxes / scale, result.scores))
-            found[detector.name] = detections
-        return found
+    def looks(self, height: int, width: int) -> list[Look]:
+        """How the ensemble is judged on a ``height``×``width`` frame: every detector natively
+        at the config's scales, and under every enabled tool profile that runs it."""
+        key = (height, width)
+        if key not in self._looks:
+            self._looks[key] = plan_looks(
+                self.table, self.profiles, height, width, self.config.scales
+            )
+        return self._looks[key]
+
+    def judge(self, versions: list[np.ndarray]) -> Verdict:
+        """Faces the ensemble's looks find on the worst of ``versions`` (always fp32)."""
+        height, width = versions[0].shape[1:3]
+        return judge(self.table, self.looks(height, width), versions)
+
+    def judge_uncovered(self, versions: list[np.ndarray]) -> Verdict:
+        """Faces found by the tools' detectors outside the ensemble, for reports only: the
+        attack does not aim at them. A detector whose weights cannot be had is left out."""
+        if self._others is None:
+            self._others = {}
+            wanted = {n for p in self.profiles for n in p.detectors} - set(self.table)
+            for name in sorted(wanted):
+                try:
+                    self._others[name] = load_detector(name, str(self.device))
+                except DeepguardError as error:
+                    log.warning("tool reports leave out %s: %s", name, error)
+        height, width = versions[0].shape[1:3]
+        looks = plan_looks(self._others, self.profiles, height, width, native_detectors=())
+        return judge(self._others, looks, versions)
+
+    def tool_report(
+        self, clean: np.ndarray, delivered: list[np.ndarray], result: AttackResult
+    ) -> list[dict]:
+        """Per tool profile, faces before → after on the delivered versions, and whether this
+        result protects against the tool (see :func:`tool_summary`)."""
+        before = {**self.judge_uncovered([clean]).by_tool(), **result.tools_before}
+        after = {**self.judge_uncovered(delivered).by_tool(), **result.tools_after}
+        return tool_summary(self.profiles, self.table, before, after)
 
     def count_faces(self, frames: np.ndarray) -> dict[str, list[int]]:
-        """Faces per frame for each detector, at every attacked scale (the max over scales)."""
-        counts: dict[str, list[int]] = {}
-        for scale in self.config.scales:
-            for name, detections in self.detect(frames, scale).items():
-                _keep_most(counts, name, [len(d) for d in detections])
-        return counts
+        """Faces per frame for each detector: the most any of its looks finds."""
+        return self.judge([frames]).by_detector()
 
     def delivered(self, frames: np.ndarray, roundtrip: Roundtrip | None) -> list[np.ndarray]:
         """The versions of the output a face-swap tool may get: as saved, and re-compressed."""
@@ -182,34 +216,29 @@ class FacePoison:
         return self._faces_in(self.delivered(frames, roundtrip))
 
     def _faces_in(self, versions: list[np.ndarray]) -> dict[str, list[int]]:
-        counts: dict[str, list[int]] = {}
-        for version in versions:
-            for name, per_frame in self.count_faces(version).items():
-                _keep_most(counts, name, per_frame)
-        return counts
+        return self.judge(versions).by_detector()
 
     @torch.no_grad()
     def propose_windows(self, x: Tensor) -> list[Window]:
-        """Windows around anything an ensemble detector scores near its threshold."""
+        """Windows around anything a look scores near its threshold."""
         windows: list[Window] = []
         height, width = x.shape[-2:]
-        for scale in self.config.scales:
-            scaled = resize(x, scale)
-            for detector in self.detectors:
-                prediction = detector.dense(scaled)
-                for index in range(len(x)):
-                    scores = prediction.scores[index].float()
-                    keep = scores > detector.score_threshold * self.config.region_threshold
-                    boxes = prediction.boxes[index][keep].float()
-                    boxes = boxes[nms(boxes, scores[keep], 0.3)].cpu().numpy() / scale
-                    windows += face_windows(
-                        boxes,
-                        index,
-                        height,
-                        width,
-                        self.config.region_margin,
-                        self.config.region_margin_min,
-                    )
+        for look in self.looks(height, width):
+            detector = self.table[look.detector]
+            prediction = detector.dense(_resize_for(look, x))
+            for index in range(len(x)):
+                scores = prediction.scores[index].float()
+                keep = scores > look.threshold * self.config.region_threshold
+                boxes = prediction.boxes[index][keep].float()
+                boxes = boxes[nms(boxes, scores[keep], 0.3)].cpu().numpy() / look.scale
+                windows += face_windows(
+                    boxes,
+                    index,
+                    height,
+                    width,
+                    self.config.region_margin,
+                    self.config.region_margin_min,
+                )
         return merge_windows(windows)
 
     # -- the attack ------------------------------------------------------------------------
@@ -241,13 +270,16 @@ class FacePoison:
         timings: dict[str, float] = {}
 
         tick = time.perf_counter()
-        faces_before = self.count_faces(frames)
+        looks = self.looks(*frames.shape[1:3])
+        before = self.judge([frames])
+        faces_before = before.by_detector()
         if windows is None:
             windows = self.propose_windows(x) if config.region_mode else self._whole(x)
         timings["detect"] = time.perf_counter() - tick
         if not windows:  # nothing any detector could see: nothing to hide
             return AttackResult(frames.copy(), torch.zeros_like(x), faces_before, faces_before,
-                                timings=timings, precision=self.autocast.name)  # fmt: skip
+                                before.by_tool(), before.by_tool(), timings=timings,
+                                precision=self.autocast.name)  # fmt: skip
 
         tick = time.perf_counter()
         views = self._views(x, windows)
@@ -276,6 +308,7 @@ class FacePoison:
             rng=rng,
             progress=progress,
             total_budget=budget + config.repair_rounds * config.repair_iterations,
+            looks=looks,
         )
 
         tick = time.perf_counter()
@@ -287,13 +320,15 @@ class FacePoison:
                 self._iterate(run, budget)
             out = self._finish(run, run.delta)
             delivered = self.delivered(out, roundtrip)
-            faces_after = self._faces_in(delivered)
+            after = self.judge(delivered)
+            faces_after = after.by_detector()
             if rounds == 1 and config.give_up_ratio:  # after the main iterations + one repair
                 run.detectors = self._without_stalled(run, faces_after)
             hidden = all(sum(faces_after[d.name]) == 0 for d in run.detectors)
             last = hidden or rounds >= config.repair_rounds
             if last and config.shrink_steps and run.iterations:  # give back what steps inflated
-                faces_after = self._shrink(run, faces_after, delivered)
+                after = self._shrink(run, after, delivered)
+                faces_after = after.by_detector()
                 out = self._finish(run, run.delta)
             self._report_faces(progress, faces_before, faces_after)
             if last:
@@ -309,6 +344,8 @@ class FacePoison:
             delta=run.delta.detach(),
             faces_before=faces_before,
             faces_after=faces_after,
+            tools_before=before.by_tool(),
+            tools_after=after.by_tool(),
             iterations=run.iterations,
             passes=run.passes,
             repair_rounds=rounds,
@@ -324,12 +361,17 @@ class FacePoison:
             adversarial = quantize_uint8(run.x + delta)
             # [accumulated through momentum, used as is]
             surrogates = [adversarial.new_zeros(()), adversarial.new_zeros(())]
-            for scale in config.scales:
-                for window in run.views:
-                    context = self._with_context(window, run.x.shape[-2:], run.rng)
-                    view, _ = run.transform(resize(_crop(adversarial, context), scale))
+            for native, _, looks in self._look_groups(run):
+                # native looks attack crops around the faces; a tool's look sees the whole
+                # frame after the tool's resize, which is cheap: tools shrink the picture
+                views = run.views if native else _whole_frames(run.views, run.x)
+                for window in views:
+                    seen = window
+                    if native:
+                        seen = self._with_context(window, run.x.shape[-2:], run.rng)
+                    view, _ = run.transform(_resize_for(looks[0], _crop(adversarial, seen)))
                     leaf = view.detach().requires_grad_(True)
-                    gradients = self._ensemble_gradient(leaf, window, run)
+                    gradients = self._ensemble_gradient(leaf, window, run, looks)
                     for i, gradient in enumerate(gradients):
                         if gradient is not None:  # chain the normalised gradient back to delta
                             surrogates[i] = surrogates[i] + (view * gradient).sum()
@@ -383,18 +425,34 @@ class FacePoison:
                 kept.append(detector)
         return kept
 
+    def _look_groups(self, run: _Run) -> list[tuple[bool, float, list[Look]]]:
+        """The looks at the attacked detectors, grouped so that the looks at one scale share
+        one transformed view: (native, scale, looks)."""
+        attacked = {d.name for d in run.detectors}
+        groups: dict[tuple[bool, float], list[Look]] = {}
+        for look in run.looks:
+            if look.detector in attacked:
+                groups.setdefault((look.native, look.scale), []).append(look)
+        return [(native, scale, looks) for (native, scale), looks in groups.items()]
+
     def _ensemble_gradient(
-        self, view: Tensor, window: Window, run: _Run
+        self, view: Tensor, window: Window, run: _Run, looks: list[Look]
     ) -> tuple[Tensor | None, Tensor | None]:
-        """Sums of per-detector gradients, each normalised so no detector dominates: of the
+        """Sums of per-look gradients, each normalised so no detector dominates: of the
         detectors whose gradient momentum may accumulate, and of those it may not
         (:attr:`FaceDetector.momentum_safe`)."""
         totals: list[Tensor | None] = [None, None]
-        for detector in run.detectors:
-            importance = run.importance.get((detector.name, *_key(window)))
-            gradients, excess = self._detector_gradients(detector, view, importance, half=True)
+        for look in looks:
+            detector = self.table[look.detector]
+            # the feature importance was estimated on native crops
+            importance = run.importance.get((detector.name, *_key(window))) if look.native else None
+            # a look at another threshold moves the floors with it
+            floor = self.config.score_floor * look.threshold / detector.score_threshold
+            gradients, excess = self._detector_gradients(detector, view, importance, True, floor)
             if gradients is None:  # the half-precision gradient overflowed: this pass in fp32
-                gradients, excess = self._detector_gradients(detector, view, importance, False)
+                gradients, excess = self._detector_gradients(
+                    detector, view, importance, False, floor
+                )
             if excess is not None:
                 log.debug("%s %s: score loss %.3g", detector.name, window, excess)
                 trace = run.losses.setdefault(detector.name, [])
@@ -415,9 +473,11 @@ class FacePoison:
         view: Tensor,
         importance: FeatureImportance | None,
         half: bool,
+        floor: float,
     ) -> tuple[list[Tensor] | None, float | None]:
         """One detector's loss gradients with respect to ``view`` (raw, not normalised) and
-        its score loss; ``None`` gradients when a half-precision one overflowed."""
+        its score loss above ``floor`` (a fraction of its threshold); ``None`` gradients when
+        a half-precision one overflowed."""
         config = self.config
         half = half and self.autocast.applies_to(detector)
         scale = self._loss_scales.get(detector.name, self.autocast.loss_scale) if half else 1.0
@@ -429,7 +489,7 @@ class FacePoison:
         terms = []
         excess = None
         if config.score_loss:  # the losses are fp32 whatever the maps' precision
-            score = score_suppression_loss(maps, detector.score_floors(config.score_floor))
+            score = score_suppression_loss(maps, detector.score_floors(floor))
             excess = float(score.detach())
             if excess > 0:
                 terms.append(score)
@@ -470,18 +530,21 @@ class FacePoison:
     # -- verification and quality recovery --------------------------------------------------
 
     @torch.no_grad()
-    def _visible(
-        self, x: Tensor, views: list[Window], detectors: Sequence[FaceDetector] | None = None
-    ) -> bool:
-        """Does any detector still score a view above ``verify_margin`` × its threshold?"""
-        for scale in self.config.scales:
-            for window in views:
-                view = resize(_crop(x, window), scale)
-                for detector in detectors if detectors is not None else self.detectors:
+    def _visible(self, x: Tensor, run: _Run, detectors: Sequence[FaceDetector]) -> bool:
+        """Does any look at ``detectors`` still score above ``verify_margin`` × its threshold?"""
+        names = {d.name for d in detectors}
+        for native, _, looks in self._look_groups(run):
+            for window in run.views if native else _whole_frames(run.views, x):
+                crop = _crop(x, window)
+                for look in looks:
+                    if look.detector not in names:
+                        continue
+                    detector = self.table[look.detector]
+                    view = _resize_for(look, crop)
                     with self.autocast.forward(detector):  # a check; the verdict is fp32
                         scores = detector.score_maps(view)[-1]
                     highest = float(scores.max()) if scores.numel() else 0.0
-                    if highest >= self.config.verify_margin * detector.score_threshold:
+                    if highest >= self.config.verify_margin * look.threshold:
                         return True
         return False
 
@@ -496,13 +559,11 @@ class FacePoison:
     ) -> bool:
         detectors = run.detectors if detectors is None else detectors
         return any(
-            self._visible(frames_to_tensor(version, run.x.device), run.views, detectors)
+            self._visible(frames_to_tensor(version, run.x.device), run, detectors)
             for version in versions
         )
 
-    def _shrink(
-        self, run: _Run, faces: dict[str, list[int]], delivered: list[np.ndarray]
-    ) -> dict[str, list[int]]:
+    def _shrink(self, run: _Run, verdict: Verdict, delivered: list[np.ndarray]) -> Verdict:
         """Scale the perturbation down as far as delivery keeps what it achieved at full
         strength (``faces`` found on the ``delivered`` versions); returns the faces found at
         the chosen scale.
@@ -516,25 +577,27 @@ class FacePoison:
         hostage. It runs once, when the attack ends: between repair rounds it would throw
         away the progress on the faces a detector still finds.
         """
+        faces = verdict.by_detector()
         clear = [
             d
             for d in run.detectors
             if sum(faces[d.name]) == 0 and not self._visible_in(delivered, run, [d])
         ]
-        low, high, kept = 0.0, 1.0, faces
+        low, high, kept = 0.0, 1.0, verdict
         for _ in range(self.config.shrink_steps):
             middle = (low + high) / 2
             versions = self.delivered(self._finish(run, run.delta * middle), run.roundtrip)
             if clear and self._visible_in(versions, run, clear):  # inside the margin: too far
                 low = middle
                 continue
-            found = self._faces_in(versions)
+            judged = self.judge(versions)
+            found = judged.by_detector()
             if all(
                 now <= before
                 for detector in run.detectors
                 for now, before in zip(found[detector.name], faces[detector.name], strict=True)
             ):
-                high, kept = middle, found
+                high, kept = middle, judged
             else:
                 low = middle
         log.debug("perturbation shrunk to %.2f of its size", high)
@@ -619,7 +682,18 @@ def _key(window: Window) -> tuple[int, int, int]:
     return (window.frame, window.x1, window.y1)
 
 
-def _keep_most(counts: dict[str, list[int]], name: str, per_frame: list[int]) -> None:
-    """Per frame, the most faces ``name`` found in any of the views counted so far."""
-    previous = counts.get(name, [0] * len(per_frame))
-    counts[name] = [max(a, b) for a, b in zip(previous, per_frame, strict=True)]
+def _resize_for(look: Look, x: Tensor) -> Tensor:
+    """``x`` as a tool's look sees it: bilinear without antialiasing, as ``cv2.resize`` does
+    (native looks keep the antialiased resize of the attack's own pyramid)."""
+    if look.scale == 1.0:
+        return x
+    if look.native:
+        return resize(x, look.scale)
+    size = (max(1, round(x.shape[-2] * look.scale)), max(1, round(x.shape[-1] * look.scale)))
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+
+
+def _whole_frames(views: list[Window], x: Tensor) -> list[Window]:
+    """One whole-frame window for every frame that has something to attack."""
+    height, width = x.shape[-2:]
+    return [Window(frame, 0, 0, width, height) for frame in sorted({w.frame for w in views})]

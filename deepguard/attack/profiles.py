@@ -1,0 +1,107 @@
+"""Tool profiles: which detector a real face-swap tool runs, after which resize, at which score.
+
+A protection counts for a tool only if the tool misses the face the way it looks for it. The
+profiles live in ``configs/tools.yaml``; operators add or replace profiles with a YAML file of
+the same shape named by ``DEEPGUARD_TOOLS_FILE``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deepguard.errors import DeepguardError
+from deepguard.settings import get_settings
+
+
+class ToolProfile(BaseModel):
+    """How one tool looks for faces; see ``configs/tools.yaml`` for the fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    title: str
+    detectors: tuple[str, ...] = Field(min_length=1)
+    resize: Literal["native", "longest", "halve"] = "native"
+    sizes: tuple[int, ...] = ()
+    threshold: float | None = Field(None, gt=0, lt=1)
+    runs: str = ""
+    stand_in: str | None = None
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> ToolProfile:
+        if self.resize != "native" and not self.sizes:
+            raise ValueError(f"resize {self.resize!r} needs sizes")
+        if any(size < 16 for size in self.sizes):
+            raise ValueError("sizes must be at least 16 pixels")
+        return self
+
+    def scales(self, height: int, width: int) -> list[float]:
+        """The factors by which a ``height``×``width`` picture reaches this tool's detector."""
+        longest = max(height, width)
+        if self.resize == "native":
+            return [1.0]
+        if self.resize == "halve":
+            size = self.sizes[0]
+            return [size / longest if longest >= 2 * size else 0.5]
+        return [size / longest for size in self.sizes]
+
+    def describe_resize(self) -> str:
+        """For reports: "native", "longest side to 128 and 640", ..."""
+        if self.resize == "native":
+            return "native size"
+        if self.resize == "halve":
+            return f"longest side to {self.sizes[0]} from {2 * self.sizes[0]} up, else half size"
+        return "longest side to " + " and ".join(str(size) for size in self.sizes)
+
+
+def _parse(table: object, source: str) -> dict[str, ToolProfile]:
+    if not isinstance(table, dict) or not isinstance(table.get("tools"), dict):
+        raise DeepguardError(f"{source}: expected a mapping with a 'tools:' table")
+    profiles = {}
+    for name, entry in table["tools"].items():
+        try:
+            profiles[name] = ToolProfile.model_validate({"name": name, **(entry or {})})
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+            )
+            raise DeepguardError(f"{source}: tool profile {name!r}: {problems}") from None
+    return profiles
+
+
+@cache
+def _profiles_from(extra: Path | None) -> dict[str, ToolProfile]:
+    text = resources.files("deepguard.configs").joinpath("tools.yaml").read_text("utf-8")
+    profiles = _parse(yaml.safe_load(text), "configs/tools.yaml")
+    if extra is not None:
+        try:
+            table = yaml.safe_load(extra.read_text("utf-8"))
+        except (OSError, yaml.YAMLError) as error:
+            raise DeepguardError(f"DEEPGUARD_TOOLS_FILE {extra}: cannot read it: {error}") from None
+        profiles.update(_parse(table, str(extra)))
+    return profiles
+
+
+def tool_profiles() -> dict[str, ToolProfile]:
+    """Every profile, built in and the operator's, in file order (disabled ones included)."""
+    return _profiles_from(get_settings().tools_file)
+
+
+def enabled_profiles(names: list[str] | None = None) -> list[ToolProfile]:
+    """The profiles a result is judged under: ``names`` (all enabled ones when ``None``)."""
+    profiles = tool_profiles()
+    if names is None:
+        return [profile for profile in profiles.values() if profile.enabled]
+    unknown = [name for name in names if name not in profiles]
+    if unknown:
+        raise DeepguardError(
+            f"unknown tool profile(s) {', '.join(unknown)}; known: {', '.join(profiles)}"
+        )
+    return [profiles[name] for name in names]

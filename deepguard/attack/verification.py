@@ -1,0 +1,194 @@
+"""Verification: does a detector still find a face, the way a real tool looks for it?
+
+A *look* is one detector at one scale and one score threshold. Every ensemble detector is
+looked at natively (at each of the config's ``scales``, at its own threshold), and every
+enabled tool profile adds the looks its tool takes: its detectors after its own resize, at its
+own threshold. Looks of a detector at the same scale are merged at the lowest threshold, so
+one pass answers for every tool that shares it. A delivered picture is hidden when no look
+finds a face on any delivered version (the saved file and its re-compressions).
+
+Resizing here is what the tools do: OpenCV's bilinear ``cv2.resize`` on the 8-bit picture.
+Detection is always fp32, whatever precision the attack ran in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from deepguard.attack.profiles import ToolProfile
+from deepguard.models.base import Detections, FaceDetector
+
+#: scales closer than this are one look (a 1279-pixel and a 1280-pixel photo are the same)
+_SAME_SCALE = 1e-3
+
+
+@dataclass(frozen=True)
+class Look:
+    """One detector at one scale and threshold, standing for the ``tools`` that look this way.
+
+    ``native`` looks are the ensemble's own view of the picture (the attack works on crops
+    around the faces); the others come from tool profiles and see the whole resized frame.
+    """
+
+    detector: str
+    scale: float
+    threshold: float
+    native: bool
+    tools: tuple[str, ...] = ()
+
+
+def plan_looks(
+    detectors: Mapping[str, FaceDetector],
+    profiles: Sequence[ToolProfile],
+    height: int,
+    width: int,
+    native_scales: Sequence[float] = (1.0,),
+    native_detectors: Iterable[str] | None = None,
+) -> list[Look]:
+    """Every look at a ``height``×``width`` picture: the native ones of ``native_detectors``
+    (default: all of ``detectors``), then each profile's, for the detectors that are loaded."""
+    planned: list[Look] = []
+
+    def add(look: Look) -> None:
+        for index, other in enumerate(planned):
+            if other.detector == look.detector and abs(other.scale - look.scale) < _SAME_SCALE:
+                planned[index] = Look(
+                    other.detector,
+                    other.scale,
+                    min(other.threshold, look.threshold),
+                    other.native or look.native,
+                    tuple(dict.fromkeys(other.tools + look.tools)),
+                )
+                return
+        planned.append(look)
+
+    natives = list(detectors) if native_detectors is None else list(native_detectors)
+    for name in natives:
+        for scale in native_scales:
+            add(Look(name, float(scale), detectors[name].score_threshold, True))
+    for profile in profiles:
+        for name in profile.detectors:
+            if name not in detectors:
+                continue
+            threshold = profile.threshold or detectors[name].score_threshold
+            for scale in profile.scales(height, width):
+                add(Look(name, scale, threshold, False, (profile.name,)))
+    return planned
+
+
+def resize_like_tools(frame: np.ndarray, scale: float) -> np.ndarray:
+    """An H×W×3 uint8 picture resized by ``scale`` as the tools do (``cv2.resize``, bilinear)."""
+    if scale == 1.0:
+        return frame
+    height, width = frame.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
+
+
+@dataclass
+class Verdict:
+    """Faces found per frame on the worst delivered version: per look, detector and tool."""
+
+    looks: dict[Look, list[int]] = field(default_factory=dict)
+
+    def by_detector(self) -> dict[str, list[int]]:
+        return self._most({look: (look.detector,) for look in self.looks})
+
+    def by_tool(self) -> dict[str, list[int]]:
+        return self._most({look: look.tools for look in self.looks})
+
+    def _most(self, keys: dict[Look, tuple[str, ...]]) -> dict[str, list[int]]:
+        counts: dict[str, list[int]] = {}
+        for look, per_frame in self.looks.items():
+            for key in keys[look]:
+                keep_most(counts, key, per_frame)
+        return counts
+
+    def merge(self, other: Verdict) -> Verdict:
+        """The faces found on this version or on ``other``, look by look."""
+        merged = dict(self.looks)
+        for look, per_frame in other.looks.items():
+            previous = merged.get(look, [0] * len(per_frame))
+            merged[look] = [max(a, b) for a, b in zip(previous, per_frame, strict=True)]
+        return Verdict(merged)
+
+
+def detect_looks(
+    detectors: Mapping[str, FaceDetector], looks: Sequence[Look], frames: np.ndarray
+) -> dict[Look, list[Detections]]:
+    """Each look's detections on N×H×W×3 uint8 frames, boxes in frame pixels (fp32)."""
+    found: dict[Look, list[Detections]] = {}
+    for look in looks:
+        detector = detectors[look.detector]
+        per_frame = []
+        for frame in frames:
+            resized = resize_like_tools(frame, look.scale)
+            x = torch.from_numpy(np.require(resized, requirements=["C", "W"])).to(detector.device)
+            with torch.autocast(detector.device.type, enabled=False):
+                (result,) = detector.detect_batch(
+                    x.permute(2, 0, 1).unsqueeze(0).float(), look.threshold
+                )
+            per_frame.append(Detections(result.boxes / look.scale, result.scores))
+        found[look] = per_frame
+    return found
+
+
+def judge(
+    detectors: Mapping[str, FaceDetector], looks: Sequence[Look], versions: Iterable[np.ndarray]
+) -> Verdict:
+    """Faces each look finds, per frame, on the worst of the delivered ``versions``."""
+    verdict = Verdict()
+    for frames in versions:
+        found = detect_looks(detectors, looks, frames)
+        verdict = verdict.merge(Verdict({look: [len(d) for d in found[look]] for look in looks}))
+    return verdict
+
+
+def keep_most(counts: dict[str, list[int]], name: str, per_frame: list[int]) -> None:
+    """Per frame, the most faces ``name`` found in any of the looks counted so far."""
+    previous = counts.get(name, [0] * len(per_frame))
+    counts[name] = [max(a, b) for a, b in zip(previous, per_frame, strict=True)]
+
+
+def tool_summary(
+    profiles: Sequence[ToolProfile],
+    attacked: Iterable[str],
+    before: Mapping[str, list[int]],
+    after: Mapping[str, list[int]],
+) -> list[dict]:
+    """One report row per tool: faces before → after, and whether the result protects
+    against it. A tool whose detectors are not all attacked is "not covered", whatever its
+    counts say; one that found no face on the clean input has nothing to protect."""
+    attacked = set(attacked)
+    rows = []
+    for profile in profiles:
+        found_before = sum(before.get(profile.name, []))
+        found_after = sum(after.get(profile.name, []))
+        covered = set(profile.detectors) <= attacked
+        if not covered:
+            status = "not covered"
+        elif found_before == 0:
+            status = "no faces found"
+        else:
+            status = "protected" if found_after == 0 else "not protected"
+        rows.append(
+            {
+                "tool": profile.name,
+                "title": profile.title,
+                "detectors": list(profile.detectors),
+                "resize": profile.describe_resize(),
+                "threshold": profile.threshold,
+                "runs": profile.runs,
+                "stand_in": profile.stand_in,
+                "covered": covered,
+                "faces_before": found_before,
+                "faces_after": found_after,
+                "status": status,
+            }
+        )
+    return rows
