@@ -39,6 +39,11 @@ def weights_dir() -> Path:
     )
 
 
+def weight_file(weights_dir: Path, name: str) -> Path:
+    """One file of the shared weights: missing, it skips the test here and fails it in CI."""
+    return _require(weights_dir / name, f"weight file {name}")
+
+
 @pytest.fixture(scope="session")
 def manifests_dir(weights_dir: Path) -> Path:
     return _require(weights_dir / "manifests", "weight manifests")

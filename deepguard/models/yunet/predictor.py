@@ -6,6 +6,10 @@ grid cell (row r, column c), sigmoid ``cls`` and ``obj`` scores and a box
 ``(dx, dy, log w, log h)`` in stride units; OpenCV scores a cell ``sqrt(cls * obj)`` and
 decodes the centre ``((c + dx) * s, (r + dy) * s)`` and size ``(exp(log w) * s, ...)``
 (``postProcess`` in opencv/modules/objdetect/src/face_detect.cpp).
+
+The network itself is OpenCV zoo's ONNX graph, converted by :mod:`deepguard.models.onnx`
+into one module that returns the box heads, the log-odds before the cls/obj Sigmoids and
+three backbone features in a single pass.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import onnx
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,7 +30,7 @@ from deepguard.models.base import (
     pad_to_multiple,
     rgb_to_bgr,
 )
-from deepguard.models.yunet.net import OnnxGraph
+from deepguard.models.onnx import OnnxModule, sigmoid_inputs
 
 WEIGHT_FILE = "yunet_2026may.onnx"
 STRIDES = (8, 16, 32)
@@ -38,11 +43,6 @@ FEATURE_TENSORS = {
     "backbone.model5": "232",
 }
 
-#: sqrt(cls * obj) is clamped away from 0 so its gradient stays finite where both underflow.
-
-
-_HEAD_OUTPUTS = tuple(f"{kind}_{s}" for kind in ("cls", "obj", "bbox") for s in STRIDES)
-
 
 class YuNet(FaceDetector):
     """YuNet with FaceDetectorYN's defaults (score 0.9, NMS IoU 0.3, top-k 5000)."""
@@ -52,22 +52,18 @@ class YuNet(FaceDetector):
     nms_iou = 0.3
     max_detections = 5000
 
-    def __init__(self, graph: OnnxGraph) -> None:
+    def __init__(self, model: onnx.ModelProto) -> None:
         super().__init__()
-        missing = set(FEATURE_TENSORS.values()) - graph.tensor_names
-        heads = {f"{kind}_{s}" for kind in ("cls", "obj", "bbox") for s in STRIDES}
-        missing |= heads - graph.tensor_names
-        if missing:
-            raise ValueError(f"not a YuNet graph: no tensor(s) named {sorted(missing)}")
-        self.graph = graph
         # cls/obj heads end in Sigmoid; the attack needs the log-odds just before it
+        before_sigmoid = sigmoid_inputs(model)
         self._before_sigmoid = {
-            node.output: node.inputs[0]
-            for node in graph.nodes
-            if node.op_type == "Sigmoid" and node.output.startswith(("cls_", "obj_"))
+            head: before_sigmoid.get(head)
+            for head in (f"{kind}_{s}" for kind in ("cls", "obj") for s in STRIDES)
         }
-        if len(self._before_sigmoid) != 2 * len(STRIDES):
-            raise ValueError("not a YuNet graph: cls/obj heads do not end in Sigmoid")
+        if None in self._before_sigmoid.values():
+            raise ValueError("not a YuNet graph: its cls/obj heads do not end in Sigmoid")
+        heads = [f"bbox_{s}" for s in STRIDES] + list(self._before_sigmoid.values())
+        self.graph = OnnxModule(model, [*heads, *FEATURE_TENSORS.values()])
         self._grids: dict[tuple[int, int, torch.device], list[Tensor]] = {}
 
     @staticmethod
@@ -75,10 +71,10 @@ class YuNet(FaceDetector):
         """RGB 0..255 → BGR 0..255, zero-padded bottom/right to a multiple of 32."""
         return pad_to_multiple(rgb_to_bgr(x), DIVISOR)
 
-    def _run(self, x: Tensor, extra: tuple[str, ...] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+    def _run(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """One pass through the graph: head tensors and backbone features."""
         padded = self.preprocess(x)
-        wanted = [f"bbox_{s}" for s in STRIDES] + list(self._before_sigmoid.values())
-        return padded, self.graph(padded, [*wanted, *extra])
+        return padded, self.graph(padded)
 
     def _decode(self, padded: Tensor, out: dict[str, Tensor]) -> DensePrediction:
         """score = sqrt(sigmoid(cls) · sigmoid(obj)), kept as log-odds for the attack."""
@@ -98,14 +94,10 @@ class YuNet(FaceDetector):
         return self._decode(*self._run(x))
 
     def logit_maps_and_features(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
-        """One pass through the graph for both (the graph has no modules to hook)."""
-        padded, out = self._run(x, tuple(FEATURE_TENSORS.values()))
+        """One pass through the graph for both (its nodes are not named modules to hook)."""
+        padded, out = self._run(x)
         features = {name: out[tensor] for name, tensor in FEATURE_TENSORS.items()}
         return [self._decode(padded, out).logits], features
-
-    def features(self, x: Tensor) -> dict[str, Tensor]:
-        out = self.graph(self.preprocess(x), FEATURE_TENSORS.values())
-        return {name: out[tensor] for name, tensor in FEATURE_TENSORS.items()}
 
     def _grid(self, height: int, width: int, device: torch.device) -> list[Tensor]:
         """Per stride, the (column, row) of every cell in row-major order, as (H·W)×2."""
@@ -137,7 +129,7 @@ def load(weights: Mapping[str, Path] | None, **options: object) -> YuNet:
             f"yunet is defined by its ONNX graph and needs {WEIGHT_FILE!r}; "
             "it cannot be built with random initialisation"
         )
-    model = YuNet(OnnxGraph.from_file(os.fspath(weights[WEIGHT_FILE])))
+    model = YuNet(onnx.load(os.fspath(weights[WEIGHT_FILE])))
     model.eval()
     model.requires_grad_(False)
     return model
