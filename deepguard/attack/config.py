@@ -78,6 +78,11 @@ class AttackConfig(BaseModel):
         default_factory=dict, description="relative weight per detector (default 1 each)"
     )
     epsilon: float = Field(8.0, gt=0, le=64, description="L∞ budget in pixel levels (of 255)")
+    region_epsilon: dict[str, float] = Field(
+        default_factory=dict,
+        description="a larger budget, in levels, around the faces these detectors find on the "
+        "clean picture (MTCNN needs about 12 on a large face)",
+    )
     step: float = Field(2.0, gt=0, description="sign-gradient step in pixel levels")
     iterations: int = Field(10, ge=1, le=1000)
     min_iterations: int = Field(2, ge=1, description="iterations before early stopping may end")
@@ -150,7 +155,17 @@ class AttackConfig(BaseModel):
     def _check(self) -> AttackConfig:
         if self.step > self.epsilon:
             raise ValueError(f"step {self.step} is larger than epsilon {self.epsilon}")
+        for name, epsilon in self.region_epsilon.items():
+            if name not in self.detectors:
+                raise ValueError(f"region_epsilon names {name!r}, which is not attacked")
+            if not self.epsilon <= epsilon <= 64:
+                raise ValueError(f"region_epsilon {name}: {epsilon} is not in [epsilon, 64]")
         return self
+
+    @property
+    def max_epsilon(self) -> float:
+        """The largest budget any pixel may get (``epsilon`` or a ``region_epsilon``)."""
+        return max([self.epsilon, *self.region_epsilon.values()])
 
     def for_video(self) -> AttackConfig:
         """The per-frame attack settings for a clip: its delivery is the H.264 file, which

@@ -31,7 +31,14 @@ from deepguard.attack.precision import Autocast
 from deepguard.attack.profiles import enabled_profiles
 from deepguard.attack.regions import Window, detector_views, face_windows, merge_windows
 from deepguard.attack.transforms import RandomTransform, quantize_uint8, resize
-from deepguard.attack.verification import Look, Verdict, judge, plan_looks, tool_summary
+from deepguard.attack.verification import (
+    Look,
+    Verdict,
+    detect_looks,
+    judge,
+    plan_looks,
+    tool_summary,
+)
 from deepguard.errors import DeepguardError
 from deepguard.models.base import FaceDetector
 from deepguard.models.registry import load_detector, load_detectors
@@ -80,6 +87,7 @@ class _Run:
     windows: list[Window]  # where the perturbation may go
     views: list[Window]  # what the detectors look at
     mask: Tensor
+    bound: Tensor  # N×1×H×W, the L∞ budget of every pixel in levels
     delta: Tensor
     momentum: Tensor
     importance: dict[tuple, FeatureImportance]
@@ -287,7 +295,8 @@ class FacePoison:
         timings["importance"] = time.perf_counter() - tick
         budget = iterations or config.iterations
         mask = self._mask(x, windows)
-        delta = self._initial_delta(x, init_delta, generator) * mask
+        bound = self._bound(frames, x)
+        delta = self._initial_delta(x, init_delta, generator, bound) * mask
         run = _Run(
             x=x,
             frames=frames,
@@ -296,6 +305,7 @@ class FacePoison:
             windows=windows,
             views=views,
             mask=mask,
+            bound=bound,
             delta=delta,
             momentum=torch.zeros_like(delta),
             importance=importance,
@@ -366,10 +376,12 @@ class FacePoison:
                 # frame after the tool's resize, which is cheap: tools shrink the picture
                 views = run.views if native else _whole_frames(run.views, run.x)
                 for window in views:
-                    seen = window
                     if native:
                         seen = self._with_context(window, run.x.shape[-2:], run.rng)
-                    view, _ = run.transform(_resize_for(looks[0], _crop(adversarial, seen)))
+                        view, _ = run.transform(_resize_for(looks[0], _crop(adversarial, seen)))
+                    else:  # the file is re-encoded at full size; the tool resizes what it gets
+                        frame = _crop(adversarial, window)
+                        view = _resize_for(looks[0], run.transform(frame)[0], frame.shape[-2:])
                     leaf = view.detach().requires_grad_(True)
                     gradients = self._ensemble_gradient(leaf, window, run, looks)
                     for i, gradient in enumerate(gradients):
@@ -390,9 +402,8 @@ class FacePoison:
             norm = (parts[0] + parts[1]).abs().mean() + _TINY
             run.momentum = config.momentum * run.momentum + parts[0] / norm
             direction = run.momentum + parts[1] / norm
-            stepped = (run.delta - config.step * direction.sign()).clamp(
-                -config.epsilon, config.epsilon
-            )
+            stepped = run.delta - config.step * direction.sign()
+            stepped = torch.maximum(torch.minimum(stepped, run.bound), -run.bound)
             run.delta = ((run.x + stepped).clamp(0, 255) - run.x) * run.mask
             checkpoint = step >= config.min_iterations and step % config.check_every == 0
             if checkpoint and not self._visible_after_delivery(run, run.delta):
@@ -623,7 +634,7 @@ class FacePoison:
     def _finish(self, run: _Run, delta: Tensor) -> np.ndarray:
         """Round to 8 bits; rounding may not push any pixel past ε, so clip exactly."""
         out = tensor_to_frames(quantize_uint8(run.x + delta)).astype(np.int16)
-        bound = int(np.floor(self.config.epsilon))
+        bound = run.bound.floor().permute(0, 2, 3, 1).cpu().numpy().astype(np.int16)
         clean = run.frames.astype(np.int16)
         return np.clip(out, clean - bound, clean + bound).astype(np.uint8)
 
@@ -663,13 +674,30 @@ class FacePoison:
             mask[w.frame, :, w.y1 : w.y2, w.x1 : w.x2] = 1
         return mask
 
+    def _bound(self, frames: np.ndarray, x: Tensor) -> Tensor:
+        """Every pixel's L∞ budget: ``epsilon``, raised to ``region_epsilon[name]`` around the
+        faces detector ``name`` finds on the clean frames (MTCNN needs about 12 levels on a
+        large face, which the rest of the picture need not pay for)."""
+        config = self.config
+        bound = torch.full((x.shape[0], 1, *x.shape[-2:]), config.epsilon, device=x.device)
+        height, width = x.shape[-2:]
+        for name, epsilon in config.region_epsilon.items():
+            looks = [look for look in self.looks(height, width) if look.detector == name]
+            for per_frame in detect_looks(self.table, looks, frames).values():
+                for index, found in enumerate(per_frame):
+                    margin, least = config.region_margin, config.region_margin_min
+                    for w in face_windows(found.boxes, index, height, width, margin, least):
+                        region = bound[w.frame, :, w.y1 : w.y2, w.x1 : w.x2]
+                        region.clamp_(min=epsilon)
+        return bound
+
     def _initial_delta(
-        self, x: Tensor, init_delta: Tensor | None, generator: torch.Generator
+        self, x: Tensor, init_delta: Tensor | None, generator: torch.Generator, bound: Tensor
     ) -> Tensor:
-        epsilon = self.config.epsilon
         if init_delta is not None:
-            return init_delta.to(x.device).clamp(-epsilon, epsilon)
-        start = self.config.random_start * epsilon
+            delta = init_delta.to(x.device)
+            return torch.maximum(torch.minimum(delta, bound), -bound)
+        start = self.config.random_start * bound
         noise = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device) * start
         return (x + noise).clamp(0, 255) - x
 
@@ -682,14 +710,16 @@ def _key(window: Window) -> tuple[int, int, int]:
     return (window.frame, window.x1, window.y1)
 
 
-def _resize_for(look: Look, x: Tensor) -> Tensor:
-    """``x`` as a tool's look sees it: bilinear without antialiasing, as ``cv2.resize`` does
-    (native looks keep the antialiased resize of the attack's own pyramid)."""
-    if look.scale == 1.0:
-        return x
+def _resize_for(look: Look, x: Tensor, original: Sequence[int] | None = None) -> Tensor:
+    """``x`` as a tool's look sees it: bilinear without antialiasing, as ``cv2.resize`` does,
+    to the look's scale of the ``original`` size (default: ``x``'s own). Native looks keep
+    the antialiased resize of the attack's own pyramid."""
     if look.native:
         return resize(x, look.scale)
-    size = (max(1, round(x.shape[-2] * look.scale)), max(1, round(x.shape[-1] * look.scale)))
+    height, width = original or x.shape[-2:]
+    size = (max(1, round(height * look.scale)), max(1, round(width * look.scale)))
+    if size == tuple(x.shape[-2:]):
+        return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
 
 

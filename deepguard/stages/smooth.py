@@ -65,13 +65,13 @@ class SmoothStage:
             config.region_margin_min, keep_background=not config.region_mode,
         )  # fmt: skip
         allowed = stats.get("faces_after_roundtrip")
-        unsmoothed = _apply(clean, delta, config.epsilon)
+        unsmoothed = _apply(clean, delta, config.max_epsilon)
         for fraction in _FALLBACK:
             weight = strength * fraction
             if weight == 0:
                 return unsmoothed, 0.0
             blended = delta + weight * defined * (carried - delta)
-            candidate = _apply(clean, blended, config.epsilon)
+            candidate = _apply(clean, blended, config.max_epsilon)
             found = self.attack.verify(candidate[None], self.roundtrip)
             if allowed is None or all(found[name][0] <= allowed[name] for name in found):
                 return candidate, weight
