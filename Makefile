@@ -12,9 +12,13 @@ export DEEPGUARD_WEIGHTS_DIR ?= $(abspath ../shared/weights)
 
 .PHONY: install system-test-deps protect serve test lint format bench clean
 
+# One OpenCV wheel only: opencv-python and opencv-python-headless both install cv2/, so the
+# headless one that older checkouts installed is removed (with the other, reinstalled next).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	if $(BIN)/python -m pip show --quiet opencv-python-headless 2>/dev/null; then \
+	  $(BIN)/python -m pip uninstall --quiet -y opencv-python-headless opencv-python; fi
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
