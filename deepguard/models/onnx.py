@@ -23,6 +23,7 @@ detectors need on top:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -30,6 +31,16 @@ import onnx
 import onnx2torch
 from onnx import numpy_helper, shape_inference
 from torch import Tensor, nn
+
+# onnx2torch's Slice indexes with a list of slices, which torch (2.14 still) accepts with a
+# deprecation warning on every call. Its results are checked against onnxruntime and
+# insightface by the tests, which would catch the day the meaning changes.
+warnings.filterwarnings(
+    "ignore",
+    message="Using a non-tuple sequence for multidimensional indexing",
+    category=UserWarning,
+    module=r"onnx2torch\.",
+)
 
 #: (batch, height, width) of the input for the shape probes: two batch sizes tell the batch
 #: dimension apart, two image sizes tell sizes that follow the image from fixed ones.
