@@ -31,6 +31,8 @@ def _models_list(args: argparse.Namespace) -> int:
         states = {store.status(file)[0].value for file in spec.files}
         status = states.pop() if len(states) == 1 else "incomplete: " + ", ".join(sorted(states))
         print(f"{spec.name:<16} {status:<30} {spec.description}")
+        if spec.licence:
+            print(f"{'':<16} {'':<30} licence: {spec.licence}")
     return 0
 
 

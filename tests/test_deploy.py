@@ -281,6 +281,17 @@ def test_the_dockerfile_creates_what_the_compose_file_mounts(services: dict[str,
     assert {".git", ".venv", "data"} <= set(ignored)
 
 
+def test_the_image_bundles_no_weights() -> None:
+    """Weights are mounted or fetched, never baked in: some (SCRFD's) are non-commercial only."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    weight_suffixes = {".onnx", ".pth", ".pt", ".npy", ".bin", ".safetensors"}
+    for source in re.findall(r"^COPY (?!--from)(\S+)", dockerfile, re.MULTILINE):
+        path = ROOT / source
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        bundled = [p for p in files if p.suffix in weight_suffixes]
+        assert not bundled, f"the image would bundle weight files: {bundled}"
+
+
 # -- Prometheus -----------------------------------------------------------------------------
 
 

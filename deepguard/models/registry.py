@@ -37,6 +37,9 @@ class DetectorSpec:
     options: dict[str, Any] = field(default_factory=dict)
     shipped: bool = True
     manifest: str | None = None
+    #: terms of the weights where they restrict use (e.g. non-commercial only); shown by
+    #: ``deepguard models list``. Such weights are never bundled into an image.
+    licence: str | None = None
 
     def build(self, weights: dict[str, Path] | None) -> FaceDetector:
         """Instantiate the detector; ``weights=None`` gives random initialisation."""
@@ -61,6 +64,7 @@ def detector_specs() -> dict[str, DetectorSpec]:
             options=entry.get("options") or {},
             shipped=entry.get("shipped", True),
             manifest=entry.get("manifest"),
+            licence=entry.get("licence"),
         )
         for name, entry in table.items()
     }

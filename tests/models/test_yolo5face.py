@@ -1,4 +1,4 @@
-"""YOLO5Face specifics: manifest layouts of the three variants, anchor counts, box decoding."""
+"""YOLO5Face specifics: manifest layouts, anchor counts, box decoding, the real n-0.5 weights."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from deepguard.models.base import FaceDetector, read_state_dict
+from deepguard.models.retinaface.predictor import load as load_retinaface
 from deepguard.models.yolo5face.net import STRIDES
-from deepguard.models.yolo5face.predictor import VARIANTS, decode, load, make_grid
+from deepguard.models.yolo5face.predictor import VARIANTS, YOLO5FaceN05, decode, load, make_grid
+from tests.conftest import read_rgb, weight_file
 
 MANIFESTS = {
     "n-0.5": "yolov5face_yolov5n-0.5.json",
@@ -83,3 +87,42 @@ def test_unknown_variant_is_rejected() -> None:
     assert set(VARIANTS) == set(MANIFESTS)
     with pytest.raises(ValueError):
         load(None, variant="m")
+
+
+@pytest.fixture(scope="module")
+def yolo5face_n05(weights_dir: Path) -> FaceDetector:
+    """The official yolov5n-0.5 checkpoint (a plain state dict), loaded strictly."""
+    name = YOLO5FaceN05.weight_file
+    return load({name: weight_file(weights_dir, name)}, variant="n-0.5")
+
+
+def test_real_n05_weights_are_the_whole_state_dict(
+    yolo5face_n05: FaceDetector, weights_dir: Path
+) -> None:
+    state = read_state_dict(weight_file(weights_dir, YOLO5FaceN05.weight_file))
+    assert set(state) == set(yolo5face_n05.net.state_dict())
+    assert yolo5face_n05.score_threshold == 0.6  # detect_face.py's demo default
+
+
+@pytest.fixture(scope="module")
+def retinaface(weights_dir: Path) -> FaceDetector:
+    name = "retinaface_mobilenet0.25.pth"
+    return load_retinaface({name: weight_file(weights_dir, name)})
+
+
+@pytest.mark.parametrize("photo", ["fdlite_group.jpg", "csg_bts.jpg"])
+def test_real_n05_finds_the_faces_retinaface_finds(
+    yolo5face_n05: FaceDetector, retinaface: FaceDetector, media_dir: Path, photo: str
+) -> None:
+    image = read_rgb(media_dir / photo)
+    expected = len(retinaface.detect(image))  # 8 and 7 faces
+    assert expected >= 6
+    assert abs(len(yolo5face_n05.detect(image)) - expected) <= 1
+
+
+def test_real_n05_boxes_the_portrait_face(yolo5face_n05: FaceDetector, media_dir: Path) -> None:
+    found = yolo5face_n05.detect(read_rgb(media_dir / "lp_s0.jpg"))
+    assert len(found) == 1
+    # where YuNet, OpenCV and RetinaFace put it (RetinaFace also reports a false face here)
+    x1, y1, x2, y2 = found.boxes[int(np.argmax(found.scores))]
+    assert 255 < x1 < 295 and 50 < y1 < 90 and 345 < x2 < 385 and 170 < y2 < 210
