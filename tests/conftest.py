@@ -55,6 +55,11 @@ def media_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def press_dir() -> Path:
+    return _require(SHARED / "media" / "press", "press photos")
+
+
+@pytest.fixture(scope="session")
 def videos_dir() -> Path:
     return _require(SHARED / "media" / "videos", "media videos")
 

@@ -157,3 +157,23 @@ def test_shipped_weights_verify(weights_dir: Path) -> None:
         if spec.shipped:
             for file in spec.files:
                 assert store.status(file)[0] is WeightStatus.AVAILABLE, file.name
+
+
+def test_models_list_shows_the_licence_of_restricted_weights(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from deepguard.models.registry import detector_specs
+
+    specs = detector_specs()
+    assert specs["scrfd_500m"].licence == (
+        "InsightFace pretrained models: non-commercial research only"
+    )
+    assert specs["yolo5face_n05"].licence.startswith("GPL-3.0")
+    assert specs["retinaface"].licence is None
+    assert main(["models", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    scrfd = next(i for i, line in enumerate(lines) if line.startswith("scrfd_500m "))
+    assert "licence: InsightFace pretrained models: non-commercial" in lines[scrfd + 1]
+    assert sum("licence:" in line for line in lines) == sum(
+        spec.licence is not None for spec in specs.values()
+    )

@@ -1,0 +1,109 @@
+"""SCRFD-500M (insightface's buffalo_s/buffalo_sc detector) as a :class:`FaceDetector`.
+
+Decoding follows insightface's ``model_zoo/scrfd.py``: the net takes RGB normalised as
+``(x − 127.5) / 128``; insightface letterboxes the image into a black canvas at top-left,
+here the input is padded bottom/right with pixel value 0 to a multiple of 32 before
+normalising, which keeps boxes in input pixels. Per stride s, every cell (row r, column c)
+has two anchors centred at ``(c·s, r·s)``; a face's probability is the sigmoid of its score
+head, and its box is the centre minus/plus the predicted distances times s
+(``distance2bbox``). Defaults: score threshold 0.5, NMS IoU 0.4.
+
+Licence: InsightFace's pretrained models are for non-commercial research only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from deepguard.models.base import DensePrediction, FaceDetector
+from deepguard.models.scrfd.net import ANCHORS_PER_CELL, STRIDES, SCRFDHeads, SCRFDNet
+
+WEIGHT_FILE = "det_500m.onnx"
+DIVISOR = 32
+INPUT_MEAN = 127.5
+INPUT_STD = 128.0
+
+
+class SCRFD500M(FaceDetector):
+    """SCRFD-500M with insightface's defaults (score 0.5, NMS IoU 0.4)."""
+
+    name = "scrfd_500m"
+    score_threshold = 0.5
+    nms_iou = 0.4
+    #: fp16 agreement with fp32 not measured on a GPU yet (bench/gpu.py): fp32 until it is
+    autocast_safe = False
+
+    def __init__(self, net: SCRFDNet) -> None:
+        super().__init__()
+        self.net = net
+        self._centres: dict[tuple[int, int, torch.device], list[Tensor]] = {}
+
+    @staticmethod
+    def preprocess(x: Tensor) -> Tensor:
+        """RGB 0..255 → padded bottom/right with black to a multiple of 32, then normalised."""
+        pad_h = (-x.shape[-2]) % DIVISOR
+        pad_w = (-x.shape[-1]) % DIVISOR
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), value=0.0)
+        return (x - INPUT_MEAN) / INPUT_STD
+
+    def _run(self, x: Tensor) -> tuple[Tensor, SCRFDHeads]:
+        inputs = self.preprocess(x)
+        return inputs, self.net(inputs)
+
+    def _decode(self, inputs: Tensor, heads: SCRFDHeads) -> DensePrediction:
+        centres = self._anchor_centres(*inputs.shape[-2:], inputs.device)
+        boxes = [
+            distance_to_box(centre.to(distances.dtype), distances * stride)
+            for centre, distances, stride in zip(centres, heads.distances, STRIDES, strict=True)
+        ]
+        logits = torch.cat(heads.logits, dim=1)
+        return DensePrediction(logits.sigmoid(), torch.cat(boxes, dim=1), logits)
+
+    def dense(self, x: Tensor) -> DensePrediction:
+        return self._decode(*self._run(x))
+
+    def logit_maps_and_features(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """One pass through the graph for both (its nodes are not named modules to hook)."""
+        inputs, heads = self._run(x)
+        return [self._decode(inputs, heads).logits], heads.features
+
+    def _anchor_centres(self, height: int, width: int, device: torch.device) -> list[Tensor]:
+        """Per stride, the (x, y) pixel centre of every anchor, ordered row, column, anchor."""
+        key = (height, width, device)
+        if key not in self._centres:
+            centres = []
+            for stride in STRIDES:
+                rows = torch.arange(height // stride, device=device, dtype=torch.float32)
+                cols = torch.arange(width // stride, device=device, dtype=torch.float32)
+                r, c = torch.meshgrid(rows, cols, indexing="ij")
+                cells = torch.stack([c.reshape(-1), r.reshape(-1)], dim=1) * stride
+                centres.append(cells.repeat_interleave(ANCHORS_PER_CELL, dim=0))
+            self._centres[key] = centres
+        return self._centres[key]
+
+
+def distance_to_box(centres: Tensor, distances: Tensor) -> Tensor:
+    """A×2 centres and N×A×4 (left, top, right, bottom) pixel distances → N×A×4 xyxy."""
+    return torch.cat([centres - distances[..., :2], centres + distances[..., 2:]], dim=-1)
+
+
+def load(weights: Mapping[str, Path] | None, **options: object) -> SCRFD500M:
+    """SCRFD-500M from its ONNX graph; the graph is the architecture, so it cannot be blank."""
+    if options:
+        raise ValueError(f"scrfd_500m takes no options, got {sorted(options)}")
+    if weights is None or WEIGHT_FILE not in weights:
+        raise ValueError(
+            f"scrfd_500m is defined by its ONNX graph and needs {WEIGHT_FILE!r}; "
+            "it cannot be built with random initialisation"
+        )
+    detector = SCRFD500M(SCRFDNet.from_file(os.fspath(weights[WEIGHT_FILE])))
+    detector.eval()
+    detector.requires_grad_(False)
+    return detector
