@@ -96,14 +96,6 @@ def producer(model: onnx.ModelProto, tensor: str) -> onnx.NodeProto:
     raise KeyError(f"no node of the ONNX graph computes {tensor!r}")
 
 
-def constant(model: onnx.ModelProto, tensor: str) -> np.ndarray | None:
-    """The value of an initialiser, or None when ``tensor`` is computed."""
-    for init in model.graph.initializer:
-        if init.name == tensor:
-            return numpy_helper.to_array(init)
-    return None
-
-
 def attributes(node: onnx.NodeProto) -> dict[str, object]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
