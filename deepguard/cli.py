@@ -149,16 +149,50 @@ def _protect(args: argparse.Namespace) -> int:
 
 
 def _verdict(output, report: dict) -> str:
-    """One line per protected file: faces each detector found before → after, and quality."""
+    """One line per protected file: faces each detector found before → after, the tools it
+    is protected against, and quality."""
     summary = report.get("summary", report)
     verdict = ", ".join(
         f"{name} {d['faces_before']}→{d['faces_after']}" for name, d in summary["detectors"].items()
     )
+    tools = _tool_verdict(summary.get("tools", []))
+    if tools:
+        verdict += f"; {tools}"
     seconds = summary["seconds"] if "seconds" in summary else report["timings_s"]["total"]
     line = f"{output}: {verdict}; PSNR {summary['psnr_db']} dB; {seconds:.1f} s"
     if report["kind"] == "video":
         line += f"; flicker {summary['flicker']}; {summary['realtime_factor']}× real time"
     return line
+
+
+#: how the summary line names each group of tools, in the order it lists them
+_TOOL_GROUPS = {
+    "protected": "protected against",
+    "not protected": "not protected",
+    "not covered": "not covered",
+    "no faces found": "no faces found by",
+}
+
+
+def _tool_verdict(rows: list[dict]) -> str:
+    """The tools part of the summary line, e.g. ``protected against: roop, …; not protected:
+    DeepFaceLab (1→1); not covered: …``, with counts only where the protection failed: that is
+    what the reader has to act on."""
+    groups: dict[str, list[str]] = {status: [] for status in _TOOL_GROUPS}
+    for row in rows:
+        name = row["title"]
+        if row["status"] == "not protected":
+            name += f" ({_faces(row['faces_before'])}→{_faces(row['faces_after'])})"
+        groups.setdefault(row["status"], []).append(name)
+    return "; ".join(
+        f"{_TOOL_GROUPS.get(status, status)}: {', '.join(names)}"
+        for status, names in groups.items()
+        if names
+    )
+
+
+def _faces(count: int | None) -> str:
+    return "?" if count is None else str(count)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -10,7 +10,10 @@ import pytest
 from PIL import Image
 
 from deepguard.attack.config import load_preset
-from deepguard.cli import main
+from deepguard.attack.core import FacePoison, jpeg_roundtrip_uint8
+from deepguard.attack.profiles import enabled_profiles
+from deepguard.attack.verification import Verdict
+from deepguard.cli import _tool_verdict, main
 from deepguard.pipeline.protect import ProtectOptions, Protector
 
 #: a cheap attack for I/O tests: the point there is the file handling, not the hiding
@@ -190,3 +193,81 @@ def test_cli_folder_mode_writes_predictable_names_and_reports(
     for key in ("parameters", "weights", "detectors", "psnr_db", "ssim", "timings_s"):
         assert key in report
     assert report["weights"]["yunet_2026may.onnx"]
+
+
+def _tools_found(attack: FacePoison, versions: list[np.ndarray]) -> dict[str, list[int]]:
+    """Per tool, faces found by every look of the ensemble and of the detectors outside it."""
+    looks = {**attack.judge(versions).looks, **attack.judge_uncovered(versions).looks}
+    return Verdict(looks).by_tool()
+
+
+def test_report_says_which_tools_the_file_is_protected_against(
+    portrait: Image.Image, tmp_path: Path
+) -> None:
+    config = load_preset("balanced", detectors=["retinaface", "yunet"], iterations=2,
+                         repair_rounds=0, shrink_steps=0)  # fmt: skip
+    source, out = tmp_path / "in.png", tmp_path / "out.jpg"
+    portrait.save(source)
+    report = Protector(config).protect(source, out)
+    rows = {row["tool"]: row for row in report["tools"]}
+    assert list(rows) == [profile.name for profile in enabled_profiles()]
+
+    # counted again here, on the clean picture and on the file read back from disk (and its
+    # re-compression, as a sharing site would make it)
+    attack = FacePoison(config)
+    saved = np.asarray(Image.open(out).convert("RGB"))[None]
+    before = _tools_found(attack, [np.asarray(portrait)[None]])
+    after = _tools_found(attack, [saved, jpeg_roundtrip_uint8(saved, 75)])
+    for name, row in rows.items():
+        covered = set(row["detectors"]) <= {"retinaface", "yunet"}
+        assert row["covered"] == covered, name
+        if name not in before:  # none of its detectors could be loaded (SCRFD, say)
+            assert row["faces_before"] is row["faces_after"] is None and not covered
+            continue
+        assert (row["faces_before"], row["faces_after"]) == (sum(before[name]), sum(after[name]))
+        if not covered:
+            expected = "not covered"
+        elif row["faces_before"] == 0:
+            expected = "no faces found"
+        else:
+            expected = "protected" if row["faces_after"] == 0 else "not protected"
+        assert row["status"] == expected, name
+    # RetinaFace alone stands for these tools; YOLO5Face (DeepFaceLive) was not attacked
+    assert {rows[n]["status"] for n in ("faceswap", "deepfacelab", "wav2lip")} <= {
+        "protected", "not protected"}  # fmt: skip
+    assert rows["deepfacelive"]["status"] == "not covered"
+    assert rows["deepfacelive"]["faces_before"] >= 1  # counted, though not attacked
+    assert rows["faceswap"]["stand_in"] and "RetinaFace" in rows["faceswap"]["stand_in"]
+
+
+def test_cli_summary_lists_the_tools(
+    portrait: Image.Image, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.jpg"
+    portrait.save(source, quality=95)
+    args = ["protect", str(source), "-o", str(tmp_path / "out.jpg"), "--detectors", "yunet"]
+    assert main([*args, "--iterations", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{tmp_path / 'out.jpg'}: yunet 1→")
+    # YuNet alone is the whole of no tool's detectors: nothing is covered
+    assert "; not covered: roop, Deep-Live-Cam, " in line and "faceswap (CPU)" in line
+    assert "protected against" not in line and "; PSNR " in line
+    assert main([*args, "--iterations", "2", "-q"]) == 0
+    assert capsys.readouterr().out == ""  # -q stays quiet
+
+
+def test_tool_summary_names_counts_only_where_protection_failed() -> None:
+    rows = [
+        {"title": "roop", "status": "protected", "faces_before": 1, "faces_after": 0},
+        {"title": "DeepFaceLab", "status": "not protected", "faces_before": 1, "faces_after": 1},
+        {"title": "Wav2Lip", "status": "protected", "faces_before": 2, "faces_after": 0},
+        {"title": "faceswap (CPU)", "status": "not covered", "faces_before": 1,
+         "faces_after": 1},
+        {"title": "SimSwap", "status": "not covered", "faces_before": None, "faces_after": None},
+        {"title": "LatentSync", "status": "no faces found", "faces_before": 0, "faces_after": 0},
+    ]  # fmt: skip
+    assert _tool_verdict(rows) == (
+        "protected against: roop, Wav2Lip; not protected: DeepFaceLab (1→1); "
+        "not covered: faceswap (CPU), SimSwap; no faces found by: LatentSync"
+    )
+    assert _tool_verdict([]) == ""

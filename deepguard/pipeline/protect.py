@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from deepguard import __version__
 from deepguard.attack.config import AttackConfig
-from deepguard.attack.core import Progress
+from deepguard.attack.core import AttackResult, Progress
 from deepguard.attack.metrics import psnr, ssim
+from deepguard.attack.tool_counts import tool_rows, with_uncovered
 from deepguard.fileio import write_atomically
 from deepguard.models.registry import get_spec
 from deepguard.settings import Settings, get_settings
@@ -88,6 +91,8 @@ class Protector:
         poisoned = time.perf_counter()
         protected = sink.write(result.frames)
         written = time.perf_counter()
+        tools = self._tool_rows(chunk.frames, protected, result)
+        checked = time.perf_counter()
         clean = chunk.frames[0]
         report = {
             "deepguard": __version__,
@@ -105,6 +110,7 @@ class Protector:
                 for name in result.faces_before
             },
             "hidden": result.hidden,
+            "tools": tools,
             "psnr_db": _finite(psnr(clean, protected)),
             "ssim": round(ssim(clean, protected), 4),
             "iterations": result.iterations,
@@ -119,12 +125,27 @@ class Protector:
                 **{key: round(value, 3) for key, value in result.timings.items()},
                 "poison": round(poisoned - decoded, 3),
                 "encode": round(written - poisoned, 3),
-                "total": round(written - started, 3),
+                "tools": round(checked - written, 3),
+                "total": round(checked - started, 3),
             },
         }
         if options.report_path:
             write_atomically(options.report_path, json.dumps(report, indent=2).encode())
         return report
+
+    def _tool_rows(
+        self, clean: np.ndarray, protected: np.ndarray, result: AttackResult
+    ) -> list[dict]:
+        """Per tool profile, faces before → after and whether the file protects against it.
+
+        The ensemble's looks were counted by the attack on the very pixels of the file (its
+        round-trip is the sink's encoder); the tools' detectors outside the ensemble are run
+        here on the clean frame and on the file as saved and re-compressed."""
+        attack = self.poison.attack
+        versions = attack.delivered(protected[None], None)
+        before = with_uncovered(attack, result.tools_before, [clean])
+        after = with_uncovered(attack, result.tools_after, versions)
+        return tool_rows(attack.profiles, attack.table, before, after)
 
     def _weight_digests(self) -> dict[str, str | None]:
         return {
