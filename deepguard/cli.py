@@ -199,6 +199,7 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from deepguard.attack.config import load_preset
+    from deepguard.attack.profiles import enabled_profiles
     from deepguard.models.registry import detector_specs, load_detector
     from deepguard.models.store import WeightError
     from deepguard.pipeline.evaluate import evaluate, format_table, pair_files, parse_recompress
@@ -206,20 +207,30 @@ def _eval(args: argparse.Namespace) -> int:
 
     quality = parse_recompress(args.recompress)
     pairs = pair_files(Path(args.clean), Path(args.protected))
-    ensemble = set(_split(args.ensemble) or load_preset(args.preset).detectors)
+    preset = load_preset(args.preset)
+    ensemble = set(_split(args.ensemble) or preset.detectors)
+    profiles = enabled_profiles(preset.tools)
     names = _split(args.detectors) or [n for n, s in detector_specs().items() if s.shipped]
     device = get_settings().resolved_device()
-    detectors = []
+    loaded = {}  # every detector once, for the detector table and the tools' looks
     for name in names:
         try:
-            detectors.append(load_detector(name, device, download=False))
+            loaded[name] = load_detector(name, device, download=False)
         except WeightError as error:
             if args.detectors:
                 raise
             print(f"skipping {name}: {error}", file=sys.stderr)
-    if not detectors:
+    if not loaded:
         raise DeepguardError("no detector weights available; set DEEPGUARD_WEIGHTS_DIR")
-    evaluation = evaluate(pairs, detectors, quality)
+    detectors = list(loaded.values())
+    for name in dict.fromkeys(n for p in profiles for n in p.detectors):
+        if name in loaded or name in names:
+            continue
+        try:
+            loaded[name] = load_detector(name, device, download=False)
+        except DeepguardError as error:  # unknown here, or no weights: the tool table says so
+            print(f"tools: leaving out {name}: {error}", file=sys.stderr)
+    evaluation = evaluate(pairs, detectors, quality, profiles, loaded)
     if quality:
         print(f"outputs re-compressed as JPEG quality {quality} before detection")
     print(format_table(evaluation, ensemble))
@@ -404,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure how many faces each detector still finds on protected images",
         description="Compare clean and protected images (two files, or two folders matched by "
         "name): faces found on the clean input, faces still found on the output (IoU >= 0.5), "
-        "hide rate, PSNR and SSIM. Detectors outside the attack ensemble are listed as transfer.",
+        "hide rate, PSNR and SSIM. Detectors outside the attack ensemble are listed as transfer. "
+        "A second table scores each face-swap tool profile through its own detectors, resize "
+        "and threshold; a tool whose detectors are not all in the ensemble is 'not covered'.",
     )
     evaluation.add_argument("clean", metavar="CLEAN", help="clean image or folder")
     evaluation.add_argument("protected", metavar="OUT", help="protected image or folder")
