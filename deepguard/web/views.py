@@ -58,6 +58,7 @@ def result_card(report: dict[str, Any] | None) -> dict[str, Any] | None:
     card = {
         "kind": report["kind"],
         "detectors": detectors,
+        "tools": [_tool_line(row) for row in summary.get("tools", [])],
         "hidden": all(d["faces_after"] == 0 for d in detectors.values()),
         "psnr_db": summary.get("psnr_db"),
         "seconds": summary.get("seconds") or report.get("timings_s", {}).get("total"),
@@ -72,6 +73,13 @@ def result_card(report: dict[str, Any] | None) -> dict[str, Any] | None:
     else:
         card["frames"] = 1
     return card
+
+
+def _tool_line(row: dict[str, Any]) -> dict[str, Any]:
+    """One tool on the card: faces before → after and the verdict; ``stand_in`` says which of
+    our detectors stands for the tool's own where its weights cannot be had."""
+    keys = ("tool", "title", "faces_before", "faces_after", "status", "stand_in")
+    return {key: row.get(key) for key in keys}
 
 
 def job_view(job: Job, live: LiveProgress | None, page_url: str) -> dict[str, Any]:

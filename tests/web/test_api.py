@@ -200,6 +200,23 @@ def test_result_card_files_and_qr(
     assert svg.headers["content-type"] == "image/svg+xml" and b"<svg" in svg.content
 
 
+def test_result_card_lists_the_tools(
+    client: httpx.Client, finished: tuple[dict, list[dict]]
+) -> None:
+    job, _ = finished
+    tools = {row["tool"]: row for row in job["result"]["tools"]}
+    # RetinaFace alone was attacked: it is the whole of faceswap's detectors, not DeepFaceLive's
+    assert tools["faceswap"]["status"] in {"protected", "not protected"}
+    assert tools["faceswap"]["title"] == "faceswap (GPU)" and tools["faceswap"]["faces_before"]
+    assert "RetinaFace" in tools["faceswap"]["stand_in"]
+    assert tools["deepfacelive"]["status"] == "not covered"
+    report = client.get(job["links"]["report"]).json()
+    assert [row["tool"] for row in report["tools"]] == list(tools)
+    for row in report["tools"]:
+        for key in ("title", "faces_before", "faces_after", "status", "stand_in"):
+            assert tools[row["tool"]][key] == row[key]
+
+
 def test_estimate_learns_from_finished_jobs(
     client: httpx.Client, finished: tuple[dict, list[dict]], photo: bytes
 ) -> None:

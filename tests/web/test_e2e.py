@@ -209,6 +209,13 @@ def _download(page, selector: str, folder: Path) -> Path:
     return target
 
 
+def _tool_cells(page, tool: str) -> list[tuple[str, str | None]]:
+    """The result card's row for ``tool``: each cell's text and tooltip."""
+    page.wait_for_selector("#tools-table:not([hidden])")
+    cells = page.locator(f"#tools-table tr[data-tool='{tool}'] td")
+    return [(cell.text_content(), cell.get_attribute("title")) for cell in cells.all()]
+
+
 def _desktop(browser, server: str):
     """A desktop-sized English browser window on the dashboard, ready to use."""
     context = browser.new_context(locale="en-US", accept_downloads=True,
@@ -227,6 +234,10 @@ def test_photo_end_to_end(browser, server: str, photo: Path, shots: Path, tmp_pa
     job_id = _protect(page, photo, shots, "photo", iterations=6)
     assert page.text_content("#job-state") == "Done"
     assert "retinaface" in page.text_content("#verdict-table")
+    (title, note), _, (status, _) = _tool_cells(page, "faceswap")
+    assert title == "faceswap (GPU)" and note.startswith("Stand-in: RetinaFace")  # a tooltip
+    assert status in {"Protected", "Not protected"}
+    assert _tool_cells(page, "deepfacelive")[2][0] == "Not covered"
     _open_views(page, shots, "photo")
     assert _qr_url(page, shots, "photo") == f"{server}/jobs/{job_id}" == page.url
 
@@ -242,6 +253,8 @@ def test_photo_end_to_end(browser, server: str, photo: Path, shots: Path, tmp_pa
     page.wait_for_selector("#result:not([hidden])")
     page.select_option("#lang", "ko")
     assert page.text_content("#job-state") == "완료"
+    assert page.text_content("#tools-table caption") == "얼굴 합성 도구"
+    assert _tool_cells(page, "deepfacelive")[2][0] == "보호 범위 밖"
     page.screenshot(path=shots / "photo-6-korean.png", full_page=True)
     page.click("#history-toggle")
     page.wait_for_selector(f"#history li[data-id='{job_id}']")
@@ -279,6 +292,7 @@ def test_clip_end_to_end(browser, server: str, clip: Path, shots: Path, tmp_path
     frames = page.evaluate("""() => [...document.querySelectorAll('#figures dt')]
         .find((dt) => dt.textContent === 'Frames').nextElementSibling.textContent""")
     assert frames == "12"
+    assert _tool_cells(page, "faceswap")[0][0] == "faceswap (GPU)"
 
     page.fill("#frame", "7")  # scrub to another frame: both sides and the heatmap follow
     page.dispatch_event("#frame", "input")

@@ -353,6 +353,7 @@ function renderResult(job, firstTime) {
     row.cells[2].className = figures.faces_after === 0 ? "ok" : "bad";
     body.append(row);
   }
+  renderTools(result.tools || []);
   const figures = [[t("psnr"), result.psnr_db != null ? `${result.psnr_db} dB` : "—"],
                    [t("time"), duration(result.seconds)]];
   if (result.kind === "video") {
@@ -382,6 +383,31 @@ function renderResult(job, firstTime) {
     if (isVideo) $("#player").src = job.links.protected;
     loadFrames(0);
     setCompareMode(state.compareMode);
+  }
+}
+
+const TOOL_STATUS_CLASS = { protected: "ok", "not protected": "bad" };
+
+// Which face-swap tools the result is protected against: faces before → after and the verdict.
+// Where our detector stands in for the tool's own, the stand-in note is the name's tooltip.
+function renderTools(tools) {
+  $("#tools-table").hidden = tools.length === 0;
+  const body = $("#tools-table tbody");
+  body.replaceChildren();
+  const count = (n) => (n == null ? "—" : n);
+  for (const tool of tools) {
+    const row = document.createElement("tr");
+    row.dataset.tool = tool.tool;
+    row.dataset.status = tool.status;
+    row.innerHTML = "<td></td><td></td><td></td>";
+    row.cells[0].textContent = tool.title;
+    if (tool.stand_in) row.cells[0].title = t("stand_in", { note: tool.stand_in });
+    row.cells[1].textContent = `${count(tool.faces_before)} → ${count(tool.faces_after)}`;
+    const status = `tool_${tool.status.replaceAll(" ", "_")}`;
+    row.cells[2].textContent = t(status);
+    row.cells[2].className = TOOL_STATUS_CLASS[tool.status] || "muted";
+    if (tool.status === "not covered") row.cells[2].title = t("tool_not_covered_help");
+    body.append(row);
   }
 }
 
