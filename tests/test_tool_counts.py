@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
+from deepguard.attack.core import AttackResult
 from deepguard.attack.profiles import ToolProfile
 from deepguard.attack.tool_counts import most_per_tool, tool_rows
+from deepguard.stages.poison import _merge
 
 
 def _profile(name: str, *detectors: str) -> ToolProfile:
@@ -36,3 +41,20 @@ def test_rows_say_which_tools_are_protected_and_which_were_not_counted() -> None
     assert rows["roop"]["status"] == "not covered"
     assert rows["roop"]["faces_before"] is rows["roop"]["faces_after"] is None
     assert rows["latentsync"]["status"] == "no faces found"
+
+
+def test_batches_split_after_out_of_memory_keep_their_tool_counts() -> None:
+    def batch(found: list[int]) -> AttackResult:
+        frames = len(found)
+        return AttackResult(
+            frames=np.zeros((frames, 4, 4, 3), np.uint8),
+            delta=torch.zeros(frames, 3, 4, 4),
+            faces_before={"retinaface": found},
+            faces_after={"retinaface": [0] * frames},
+            tools_before={"faceswap": found},
+            tools_after={"faceswap": [0] * frames},
+        )
+
+    merged = _merge([batch([1, 2]), batch([3])], [])
+    assert merged.tools_before == {"faceswap": [1, 2, 3]}
+    assert merged.tools_after == {"faceswap": [0, 0, 0]}

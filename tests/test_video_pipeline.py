@@ -14,6 +14,7 @@ import av
 import pytest
 
 from deepguard.attack.config import load_preset
+from deepguard.attack.profiles import enabled_profiles
 from deepguard.errors import DeepguardError
 from deepguard.settings import Settings
 from tests.media import make_clip
@@ -88,6 +89,19 @@ def test_pipeline_protects_a_clip_on_a_ray_cluster(cluster_address, clip, tmp_pa
     for figures in summary["detectors"].values():
         assert figures["faces_before"] >= 8  # the talking head is found in the clean frames
         assert figures["faces_after"] <= figures["faces_before"]
+    # per tool: clean frames counted by the poison stage, the written file by the verify stage
+    tools = {row["tool"]: row for row in summary["tools"]}
+    assert list(tools) == [profile.name for profile in enabled_profiles()]
+    for name in ("faceswap", "deepfacelab", "wav2lip"):  # RetinaFace stands for each
+        row = tools[name]
+        assert row["covered"] and row["faces_before"] >= 8
+        assert row["status"] == ("protected" if row["faces_after"] == 0 else "not protected")
+    for name in ("deepfacelive", "faceswap-cpu"):  # YOLO5Face and MTCNN were not attacked
+        assert tools[name]["status"] == "not covered" and tools[name]["faces_before"] >= 8
+    frame = report["frames"][0]
+    assert frame["tools_before"]["deepfacelive"] >= 1 and "deepfacelive" in frame["tools_after"]
+    after = sum(r["tools_after"]["faceswap"] for r in report["frames"])
+    assert tools["faceswap"]["faces_after"] == after
     assert summary["detectors"]["yunet"]["hide_rate"] >= 0.8
     assert 1 <= summary["key_frames"] < 10  # the rest start from the previous frame
     assert summary["psnr_db"] > 30 and summary["flicker"] is not None

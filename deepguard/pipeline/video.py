@@ -27,6 +27,8 @@ from deepguard import __version__
 from deepguard.attack.config import AttackConfig
 from deepguard.attack.core import FacePoison
 from deepguard.attack.precision import resolve_precision
+from deepguard.attack.profiles import enabled_profiles
+from deepguard.attack.tool_counts import ToolCounts, tool_rows
 from deepguard.errors import DeepguardError
 from deepguard.fileio import temporary_beside, write_atomically
 from deepguard.models.registry import load_detector
@@ -342,6 +344,7 @@ class _Run:
                 "scene_cuts": [r["frame"] for r in rows if r.get("scene_start")][1:],
                 "faces_tracked": max((r["faces_tracked"] for r in rows), default=0),
                 "detectors": detectors,
+                "tools": self._tool_rows(rows),
                 "iterations_per_frame": _mean(r["iterations"] for r in rows),
                 "detector_passes_per_frame": _mean(r["passes"] for r in rows),
                 "key_frames": sum(r["key_frame"] for r in rows),
@@ -361,6 +364,23 @@ class _Run:
             },
             "frames": rows,
         }
+
+    def _tool_rows(self, rows: list[dict[str, Any]]) -> list[dict]:
+        """Per tool profile, faces on the clean frames (counted by the poison stage) → on the
+        frames decoded from the written file (by the verify stage), and the verdict."""
+        before, after = _per_tool(rows, "tools_before"), _per_tool(rows, "tools_after")
+        profiles = enabled_profiles(self.config.tools)
+        return tool_rows(profiles, self.config.detectors, before, after)
+
+
+def _per_tool(rows: list[dict[str, Any]], key: str) -> ToolCounts:
+    """Per tool, its counts over the frames whose rows have them (a tool none of whose
+    detectors could be loaded has none)."""
+    counts: ToolCounts = {}
+    for row in rows:
+        for tool, found in row.get(key, {}).items():
+            counts.setdefault(tool, []).append(found)
+    return counts
 
 
 def _mean(values, digits: int = 2) -> float | None:
