@@ -37,6 +37,7 @@ from deepguard.attack.verification import (
     detect_looks,
     judge,
     plan_looks,
+    tool_size,
     tool_summary,
 )
 from deepguard.errors import DeepguardError
@@ -371,6 +372,8 @@ class FacePoison:
             adversarial = quantize_uint8(run.x + delta)
             # [accumulated through momentum, used as is]
             surrogates = [adversarial.new_zeros(()), adversarial.new_zeros(())]
+            # the file is re-encoded at full size once per draw; each tool resizes that
+            encoded: dict[int, Tensor] = {}
             for native, _, looks in self._look_groups(run):
                 # native looks attack crops around the faces; a tool's look sees the whole
                 # frame after the tool's resize, which is cheap: tools shrink the picture
@@ -379,14 +382,20 @@ class FacePoison:
                     if native:
                         seen = self._with_context(window, run.x.shape[-2:], run.rng)
                         view, _ = run.transform(_resize_for(looks[0], _crop(adversarial, seen)))
-                    else:  # the file is re-encoded at full size; the tool resizes what it gets
-                        frame = _crop(adversarial, window)
-                        view = _resize_for(looks[0], run.transform(frame)[0], frame.shape[-2:])
+                    else:
+                        if window.frame not in encoded:
+                            frame = _crop(adversarial, window)
+                            encoded[window.frame] = run.transform(frame, rescale=False)[0]
+                        view = self._as_tool_sees(looks[0], encoded[window.frame])
                     leaf = view.detach().requires_grad_(True)
                     gradients = self._ensemble_gradient(leaf, window, run, looks)
+                    # a tool's shrunken view spreads each of its pixels' gradient over about
+                    # 1/scale² pixels of the frame: scale it back, or the native views would
+                    # outvote every tool in the sign of the sum
+                    weight = 1.0 if native else (view.shape[-2] * view.shape[-1]) / (window.area)
                     for i, gradient in enumerate(gradients):
                         if gradient is not None:  # chain the normalised gradient back to delta
-                            surrogates[i] = surrogates[i] + (view * gradient).sum()
+                            surrogates[i] = surrogates[i] + (view * gradient).sum() / weight
             run.iterations += 1
             if run.progress:
                 run.progress("attack", run.iterations, run.total_budget)
@@ -445,6 +454,16 @@ class FacePoison:
             if look.detector in attacked:
                 groups.setdefault((look.native, look.scale), []).append(look)
         return [(native, scale, looks) for (native, scale), looks in groups.items()]
+
+    @staticmethod
+    def _as_tool_sees(look: Look, encoded: Tensor) -> Tensor:
+        """A whole frame as a tool's look sees it: the frame as re-encoded at full size
+        (``encoded``, one EOT draw) resized as the tool does, bilinear without antialiasing
+        to exactly the tool's size. No random rescale here, unlike native views: without
+        antialiasing, the exact size decides which pixels reach the detector, and asking the
+        perturbation to hold at every sampling phase is more than the small budget can do
+        (SCRFD at 640 and 128 stayed found)."""
+        return _resize_for(look, encoded)
 
     def _ensemble_gradient(
         self, view: Tensor, window: Window, run: _Run, looks: list[Look]
@@ -710,14 +729,13 @@ def _key(window: Window) -> tuple[int, int, int]:
     return (window.frame, window.x1, window.y1)
 
 
-def _resize_for(look: Look, x: Tensor, original: Sequence[int] | None = None) -> Tensor:
-    """``x`` as a tool's look sees it: bilinear without antialiasing, as ``cv2.resize`` does,
-    to the look's scale of the ``original`` size (default: ``x``'s own). Native looks keep
-    the antialiased resize of the attack's own pyramid."""
+def _resize_for(look: Look, x: Tensor) -> Tensor:
+    """``x`` as a look sees it: for a tool, resized bilinear without antialiasing to the
+    tool's size (:func:`tool_size`), as ``cv2.resize`` does; native looks keep the
+    antialiased resize of the attack's own pyramid."""
     if look.native:
         return resize(x, look.scale)
-    height, width = original or x.shape[-2:]
-    size = (max(1, round(height * look.scale)), max(1, round(width * look.scale)))
+    size = tool_size(*x.shape[-2:], look.scale)
     if size == tuple(x.shape[-2:]):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)

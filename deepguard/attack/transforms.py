@@ -141,10 +141,11 @@ class RandomTransform:
         self.probability = probability
         self.rng = rng
 
-    def __call__(self, x: Tensor) -> tuple[Tensor, float]:
-        """Transformed tensor and the resize factor applied (boxes scale by it)."""
+    def __call__(self, x: Tensor, rescale: bool = True) -> tuple[Tensor, float]:
+        """Transformed tensor and the resize factor applied (boxes scale by it). Without
+        ``rescale`` only the re-compression is drawn (the caller resizes as a tool does)."""
         factor = 1.0
-        if self.scale and self.rng.random() < self.probability:
+        if rescale and self.scale and self.rng.random() < self.probability:
             factor = self.rng.uniform(*self.scale)
             x = resize(x, factor)
         if self.jpeg_quality and self.rng.random() < self.probability:

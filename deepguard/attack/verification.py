@@ -81,13 +81,20 @@ def plan_looks(
     return planned
 
 
+def tool_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The (height, width) a tool resizes a picture to: each side times ``scale``, rounded
+    down as insightface and FaceFusion do (``int(side * scale)``), so the longer side lands
+    exactly on the tool's size. Without antialiasing, which pixels reach the detector depends
+    on this exact size."""
+    return (max(1, int(height * scale + 1e-6)), max(1, int(width * scale + 1e-6)))
+
+
 def resize_like_tools(frame: np.ndarray, scale: float) -> np.ndarray:
     """An H×W×3 uint8 picture resized by ``scale`` as the tools do (``cv2.resize``, bilinear)."""
     if scale == 1.0:
         return frame
-    height, width = frame.shape[:2]
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
+    height, width = tool_size(*frame.shape[:2], scale)
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 @dataclass
