@@ -33,6 +33,7 @@ from tests.media import read_frames
 #: cheap settings: these tests are about batching and precision, not about hiding well
 QUICK = {
     "detectors": ["yunet"],
+    "tools": [],  # the precision and memory paths, not the tools' looks
     "iterations": 4,
     "repair_rounds": 1,
     "repair_iterations": 4,
@@ -245,10 +246,14 @@ def test_an_overflowing_fp16_gradient_is_redone_in_fp32(portrait: np.ndarray) ->
     (detector,) = attack.detectors
     view = torch.from_numpy(portrait.copy()).permute(2, 0, 1)[None].float().requires_grad_()
     attack._loss_scales[detector.name] = 1e38  # a scaled loss that overflows
-    gradients, excess = attack._detector_gradients(detector, view, None, half=True)
+    gradients, excess = attack._detector_gradients(
+        detector, view, None, True, attack.config.score_floor
+    )
     assert gradients is None and excess > 0
     assert attack._loss_scales[detector.name] < 1e38  # lowered for the next pass
-    gradients, _ = attack._detector_gradients(detector, view, None, half=False)
+    gradients, _ = attack._detector_gradients(
+        detector, view, None, False, attack.config.score_floor
+    )
     assert gradients and torch.isfinite(gradients[0]).all() and gradients[0].abs().sum() > 0
 
 
