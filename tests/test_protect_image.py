@@ -252,7 +252,9 @@ def test_cli_summary_lists_the_tools(
     # YuNet alone is the whole of no tool's detectors: nothing is covered
     assert "; not covered: roop, Deep-Live-Cam, " in line and "faceswap (CPU)" in line
     assert "protected against" not in line and "; PSNR " in line
-    assert main([*args, "--iterations", "2", "-q"]) == 0
+    blank = tmp_path / "blank.png"  # nothing to find: -q is checked without a second attack
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(blank)
+    assert main(["protect", str(blank), "--detectors", "yunet", "-q"]) == 0
     assert capsys.readouterr().out == ""  # -q stays quiet
 
 
