@@ -38,7 +38,6 @@ from deepguard.attack.verification import (
     judge,
     plan_looks,
     tool_size,
-    tool_summary,
 )
 from deepguard.errors import DeepguardError
 from deepguard.models.base import FaceDetector
@@ -198,15 +197,6 @@ class FacePoison:
         height, width = versions[0].shape[1:3]
         looks = plan_looks(self._others, self.profiles, height, width, native_detectors=())
         return judge(self._others, looks, versions)
-
-    def tool_report(
-        self, clean: np.ndarray, delivered: list[np.ndarray], result: AttackResult
-    ) -> list[dict]:
-        """Per tool profile, faces before → after on the delivered versions, and whether this
-        result protects against the tool (see :func:`tool_summary`)."""
-        before = {**self.judge_uncovered([clean]).by_tool(), **result.tools_before}
-        after = {**self.judge_uncovered(delivered).by_tool(), **result.tools_after}
-        return tool_summary(self.profiles, self.table, before, after)
 
     def count_faces(self, frames: np.ndarray) -> dict[str, list[int]]:
         """Faces per frame for each detector: the most any of its looks finds."""
