@@ -33,6 +33,8 @@ class Look:
 
     ``native`` looks are the ensemble's own view of the picture (the attack works on crops
     around the faces); the others come from tool profiles and see the whole resized frame.
+    ``threshold`` is the lowest of the tools' (what the attack must beat); each tool counts
+    faces at its own, ``tool_thresholds`` (in the order of ``tools``).
     """
 
     detector: str
@@ -40,6 +42,7 @@ class Look:
     threshold: float
     native: bool
     tools: tuple[str, ...] = ()
+    tool_thresholds: tuple[float, ...] = ()
 
 
 def plan_looks(
@@ -57,12 +60,15 @@ def plan_looks(
     def add(look: Look) -> None:
         for index, other in enumerate(planned):
             if other.detector == look.detector and abs(other.scale - look.scale) < _SAME_SCALE:
+                thresholds = dict(zip(look.tools, look.tool_thresholds, strict=True))
+                thresholds.update(zip(other.tools, other.tool_thresholds, strict=True))
                 planned[index] = Look(
                     other.detector,
                     other.scale,
                     min(other.threshold, look.threshold),
                     other.native or look.native,
-                    tuple(dict.fromkeys(other.tools + look.tools)),
+                    tuple(thresholds),
+                    tuple(thresholds.values()),
                 )
                 return
         planned.append(look)
@@ -77,7 +83,7 @@ def plan_looks(
                 continue
             threshold = profile.threshold or detectors[name].score_threshold
             for scale in profile.scales(height, width):
-                add(Look(name, scale, threshold, False, (profile.name,)))
+                add(Look(name, scale, threshold, False, (profile.name,), (threshold,)))
     return planned
 
 
@@ -99,30 +105,40 @@ def resize_like_tools(frame: np.ndarray, scale: float) -> np.ndarray:
 
 @dataclass
 class Verdict:
-    """Faces found per frame on the worst delivered version: per look, detector and tool."""
+    """Faces found per frame on the worst delivered version: per look (at its threshold,
+    the lowest of its tools') and per tool (at the tool's own threshold)."""
 
     looks: dict[Look, list[int]] = field(default_factory=dict)
+    tools: dict[str, list[int]] = field(default_factory=dict)
 
     def by_detector(self) -> dict[str, list[int]]:
-        return self._most({look: (look.detector,) for look in self.looks})
-
-    def by_tool(self) -> dict[str, list[int]]:
-        return self._most({look: look.tools for look in self.looks})
-
-    def _most(self, keys: dict[Look, tuple[str, ...]]) -> dict[str, list[int]]:
         counts: dict[str, list[int]] = {}
         for look, per_frame in self.looks.items():
-            for key in keys[look]:
-                keep_most(counts, key, per_frame)
+            keep_most(counts, look.detector, per_frame)
         return counts
 
+    def by_tool(self) -> dict[str, list[int]]:
+        return dict(self.tools)
+
     def merge(self, other: Verdict) -> Verdict:
-        """The faces found on this version or on ``other``, look by look."""
-        merged = dict(self.looks)
+        """The faces found on this version or on ``other``, look by look and tool by tool."""
+        merged = Verdict(dict(self.looks), dict(self.tools))
         for look, per_frame in other.looks.items():
-            previous = merged.get(look, [0] * len(per_frame))
-            merged[look] = [max(a, b) for a, b in zip(previous, per_frame, strict=True)]
-        return Verdict(merged)
+            keep_most(merged.looks, look, per_frame)
+        for tool, per_frame in other.tools.items():
+            keep_most(merged.tools, tool, per_frame)
+        return merged
+
+    @classmethod
+    def of(cls, found: Mapping[Look, list[Detections]]) -> Verdict:
+        """Count ``found``: each look's faces, and each tool's at the tool's threshold."""
+        verdict = cls()
+        for look, per_frame in found.items():
+            verdict.looks[look] = [len(d) for d in per_frame]
+            for tool, threshold in zip(look.tools, look.tool_thresholds, strict=True):
+                counts = [int((d.scores > threshold).sum()) for d in per_frame]
+                keep_most(verdict.tools, tool, counts)
+        return verdict
 
 
 def detect_looks(
@@ -151,12 +167,11 @@ def judge(
     """Faces each look finds, per frame, on the worst of the delivered ``versions``."""
     verdict = Verdict()
     for frames in versions:
-        found = detect_looks(detectors, looks, frames)
-        verdict = verdict.merge(Verdict({look: [len(d) for d in found[look]] for look in looks}))
+        verdict = verdict.merge(Verdict.of(detect_looks(detectors, looks, frames)))
     return verdict
 
 
-def keep_most(counts: dict[str, list[int]], name: str, per_frame: list[int]) -> None:
+def keep_most(counts: dict, name: object, per_frame: list[int]) -> None:
     """Per frame, the most faces ``name`` found in any of the looks counted so far."""
     previous = counts.get(name, [0] * len(per_frame))
     counts[name] = [max(a, b) for a, b in zip(previous, per_frame, strict=True)]

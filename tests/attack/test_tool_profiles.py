@@ -53,7 +53,11 @@ def test_looks_at_one_scale_merge_at_the_lowest_threshold(weights_dir: Path) -> 
     assert native.native and native.threshold == 0.5 and native.tools == ("wav2lip",)
     shrunk = by_scale[round(640 / 1920, 4)]  # faceswap (0.7) and DeepFaceLab (0.5) share it
     assert not shrunk.native and shrunk.threshold == 0.5
-    assert set(shrunk.tools) == {"faceswap", "deepfacelab"}
+    # one pass for both, but each counts faces at its own threshold
+    assert dict(zip(shrunk.tools, shrunk.tool_thresholds, strict=True)) == {
+        "faceswap": 0.7,
+        "deepfacelab": 0.5,
+    }
 
 
 def test_a_face_missed_at_native_size_but_found_after_the_tools_resize_counts(
@@ -141,3 +145,16 @@ def test_region_epsilon_raises_the_budget_only_around_that_detectors_faces(
     raised = float((bound == 12).float().mean())
     assert 0.05 < raised < 0.9  # the face region, not the picture
     assert np.isclose(float(bound[0, 0, 0, 0]), 6)  # a corner keeps the base budget
+
+
+def test_tools_sharing_a_look_count_faces_at_their_own_thresholds() -> None:
+    """One detection pass at the lower threshold serves both; a 0.6 face is DeepFaceLab's
+    (0.5) but not faceswap's (0.7)."""
+    from deepguard.attack.verification import Look, Verdict
+    from deepguard.models.base import Detections
+
+    look = Look("retinaface", 1 / 3, 0.5, False, ("faceswap", "deepfacelab"), (0.7, 0.5))
+    face = Detections(np.array([[0, 0, 9, 9]], np.float32), np.array([0.6], np.float32))
+    verdict = Verdict.of({look: [face]})
+    assert verdict.by_tool() == {"faceswap": [0], "deepfacelab": [1]}
+    assert verdict.by_detector() == {"retinaface": [1]}
