@@ -78,9 +78,13 @@ def _attack_config(args: argparse.Namespace):
         [d.strip() for d in args.detectors.split(",") if d.strip()] if args.detectors else None
     )
     region_mode = None if args.region is None else args.region == "faces"
+    tools = None
+    if args.tools:
+        tools = [] if args.tools == "none" else [t.strip() for t in args.tools.split(",") if t]
     return load_preset(
         args.preset,
         detectors=detectors,
+        tools=tools,
         epsilon=args.epsilon,
         iterations=args.iterations,
         step=args.step,
@@ -368,6 +372,11 @@ def _add_attack_options(parser: argparse.ArgumentParser) -> None:
     )
     advanced = parser.add_argument_group("advanced (override the preset)")
     advanced.add_argument("--detectors", help="comma-separated ensemble, e.g. retinaface,mtcnn")
+    advanced.add_argument(
+        "--tools",
+        help="comma-separated tool profiles to attack and judge under (configs/tools.yaml; "
+        "default: every enabled one; 'none': the detectors at native size only)",
+    )
     advanced.add_argument("--epsilon", type=float, help="L∞ budget in pixel levels (8 = 8/255)")
     advanced.add_argument("--iterations", type=int, help="attack iterations before verification")
     advanced.add_argument("--step", type=float, help="step size in pixel levels")

@@ -22,7 +22,8 @@ from deepguard.settings import Settings
 
 @pytest.fixture(scope="module")
 def protector() -> Protector:
-    config = load_preset("balanced", detectors=["yunet"], iterations=4, epsilon=8, step=2)
+    # the watch folder's mechanics: a quick YuNet attack judged at native size (tools=[])
+    config = load_preset("balanced", detectors=["yunet"], iterations=4, epsilon=8, step=2, tools=[])
     return Protector(config.model_copy(update={"repair_rounds": 1}))
 
 

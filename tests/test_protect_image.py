@@ -12,7 +12,6 @@ from PIL import Image
 from deepguard.attack.config import load_preset
 from deepguard.attack.core import FacePoison, jpeg_roundtrip_uint8
 from deepguard.attack.profiles import enabled_profiles
-from deepguard.attack.verification import Verdict
 from deepguard.cli import _tool_verdict, main
 from deepguard.pipeline.protect import ProtectOptions, Protector
 
@@ -197,8 +196,7 @@ def test_cli_folder_mode_writes_predictable_names_and_reports(
 
 def _tools_found(attack: FacePoison, versions: list[np.ndarray]) -> dict[str, list[int]]:
     """Per tool, faces found by every look of the ensemble and of the detectors outside it."""
-    looks = {**attack.judge(versions).looks, **attack.judge_uncovered(versions).looks}
-    return Verdict(looks).by_tool()
+    return attack.judge(versions).merge(attack.judge_uncovered(versions)).by_tool()
 
 
 def test_report_says_which_tools_the_file_is_protected_against(

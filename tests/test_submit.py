@@ -46,8 +46,10 @@ def _small_face(media_dir: Path, target: Path) -> Path:
 def test_two_jobs_run_to_completion_on_the_cluster(dashboard_address, media_dir, tmp_path):
     client = job_client(dashboard_address)
     inputs = [_small_face(media_dir, tmp_path / f"face{i}.jpg") for i in range(2)]
+    # the job mechanics: a quick YuNet attack judged at native size
     submissions = submit(client, inputs, tmp_path / "out", ["--detectors", "yunet",
-                                                            "--iterations", "4"])  # fmt: skip
+                                                            "--iterations", "4",
+                                                            "--tools", "none"])  # fmt: skip
     statuses = wait(client, [s.job_id for s in submissions], timeout_s=600)
     logs = {s.job_id: client.get_job_logs(s.job_id) for s in submissions}
     assert set(statuses.values()) == {"SUCCEEDED"}, logs

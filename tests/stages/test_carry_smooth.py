@@ -39,7 +39,8 @@ def test_carry_scales_with_the_box_and_ignores_new_faces() -> None:
 
 @pytest.fixture(scope="module")
 def yunet_attack() -> FacePoison:
-    config = load_preset("balanced", detectors=["yunet"], epsilon=6, step=2).for_video()
+    # the smoothing mechanics, judged at native size only (tools=[])
+    config = load_preset("balanced", detectors=["yunet"], epsilon=6, step=2, tools=[]).for_video()
     config = config.model_copy(update={"video": config.video.model_copy(update={"smoothing": 0.6})})
     return FacePoison(config)
 
