@@ -27,6 +27,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from deepguard import __version__
 from deepguard.attack.config import AttackConfig, load_preset
+from deepguard.attack.profiles import enabled_profiles
 from deepguard.errors import DeepguardError, InputError
 from deepguard.models.registry import get_spec
 from deepguard.pipeline.jobs import Job, JobStore, new_job_id
@@ -62,6 +63,11 @@ class JobRequest(BaseModel):
     upload_id: str = Field(description="from POST /api/uploads")
     preset: str = "balanced"
     detectors: list[str] | None = Field(None, description="ensemble; default: the preset's")
+    tools: list[str] | None = Field(
+        None,
+        description="tool profiles to attack and judge under; default: every enabled one; "
+        "[]: native sizes only",
+    )
     epsilon: float | None = Field(None, gt=0, le=32, description="L∞ budget, pixel levels")
     iterations: int | None = Field(None, ge=1, le=200)
     region_mode: bool | None = Field(None, description="true: around faces; false: whole frame")
@@ -221,10 +227,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         config = load_preset(
             request.preset,
             detectors=request.detectors,
+            tools=request.tools,
             epsilon=request.epsilon,
             iterations=request.iterations,
             region_mode=request.region_mode,
         )
+        enabled_profiles(config.tools)  # an unknown tool is refused with the known ones
         for name in config.detectors:
             get_spec(name)  # an unknown name is refused with the list of known ones
             if name not in available:

@@ -143,6 +143,8 @@ def test_bad_options_are_refused_with_a_reason(client: httpx.Client, photo: byte
     assert unknown.status_code == 400 and "unknown preset" in unknown.json()["detail"]
     detector = client.post("/api/jobs", json={"upload_id": upload_id, "detectors": ["nope"]})
     assert detector.status_code == 400 and "unknown detector" in detector.json()["detail"]
+    tool = client.post("/api/jobs", json={"upload_id": upload_id, "tools": ["nope"]})
+    assert tool.status_code == 400 and "unknown tool profile" in tool.json()["detail"]
     missing = client.post("/api/jobs", json={"upload_id": upload_id, "detectors": ["s3fd"]})
     assert missing.status_code == 400 and missing.json()["code"] == "weights_missing"
     budget = client.post("/api/jobs", json={"upload_id": upload_id, "epsilon": 100})
