@@ -75,6 +75,21 @@ class OnnxModule(nn.Module):
         return dict(zip(self.output_names, values, strict=True))
 
 
+def graph_file(
+    detector: str, weights: Mapping[str, os.PathLike[str]] | None, name: str, options: Mapping
+) -> str:
+    """The ONNX file a graph-defined detector is built from: the graph is the architecture,
+    so unlike the others such a detector has no randomly initialised form."""
+    if options:
+        raise ValueError(f"{detector} takes no options, got {sorted(options)}")
+    if weights is None or name not in weights:
+        raise ValueError(
+            f"{detector} is defined by its ONNX graph and needs {name!r}; "
+            "it cannot be built with random initialisation"
+        )
+    return os.fspath(weights[name])
+
+
 def input_name(model: onnx.ModelProto) -> str:
     """The graph's one data input (initialisers listed as inputs do not count)."""
     constants = {init.name for init in model.graph.initializer}

@@ -13,7 +13,6 @@ Licence: InsightFace's pretrained models are for non-commercial research only.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from deepguard.models.base import DensePrediction, FaceDetector
+from deepguard.models.onnx import graph_file
 from deepguard.models.scrfd.net import ANCHORS_PER_CELL, STRIDES, SCRFDHeads, SCRFDNet
 
 WEIGHT_FILE = "det_500m.onnx"
@@ -95,15 +95,9 @@ def distance_to_box(centres: Tensor, distances: Tensor) -> Tensor:
 
 
 def load(weights: Mapping[str, Path] | None, **options: object) -> SCRFD500M:
-    """SCRFD-500M from its ONNX graph; the graph is the architecture, so it cannot be blank."""
-    if options:
-        raise ValueError(f"scrfd_500m takes no options, got {sorted(options)}")
-    if weights is None or WEIGHT_FILE not in weights:
-        raise ValueError(
-            f"scrfd_500m is defined by its ONNX graph and needs {WEIGHT_FILE!r}; "
-            "it cannot be built with random initialisation"
-        )
-    detector = SCRFD500M(SCRFDNet.from_file(os.fspath(weights[WEIGHT_FILE])))
+    """SCRFD-500M from its ONNX graph."""
+    path = graph_file("scrfd_500m", weights, WEIGHT_FILE, options)
+    detector = SCRFD500M(SCRFDNet.from_file(path))
     detector.eval()
     detector.requires_grad_(False)
     return detector

@@ -14,7 +14,6 @@ three backbone features in a single pass.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from deepguard.models.base import (
     pad_to_multiple,
     rgb_to_bgr,
 )
-from deepguard.models.onnx import OnnxModule, sigmoid_inputs
+from deepguard.models.onnx import OnnxModule, graph_file, sigmoid_inputs
 
 WEIGHT_FILE = "yunet_2026may.onnx"
 STRIDES = (8, 16, 32)
@@ -121,15 +120,9 @@ def decode_boxes(bbox: Tensor, grid: Tensor, stride: int) -> Tensor:
 
 
 def load(weights: Mapping[str, Path] | None, **options: object) -> YuNet:
-    """YuNet from its ONNX graph; the graph is the architecture, so it cannot be built blank."""
-    if options:
-        raise ValueError(f"yunet takes no options, got {sorted(options)}")
-    if weights is None or WEIGHT_FILE not in weights:
-        raise ValueError(
-            f"yunet is defined by its ONNX graph and needs {WEIGHT_FILE!r}; "
-            "it cannot be built with random initialisation"
-        )
-    model = YuNet(onnx.load(os.fspath(weights[WEIGHT_FILE])))
+    """YuNet from its ONNX graph."""
+    path = graph_file("yunet", weights, WEIGHT_FILE, options)
+    model = YuNet(onnx.load(path))
     model.eval()
     model.requires_grad_(False)
     return model
