@@ -139,3 +139,25 @@ def test_features_are_backbone_strides_8_16_32(scrfd: SCRFD500M) -> None:
 def test_load_needs_the_onnx_graph() -> None:
     with pytest.raises(ValueError, match=WEIGHT_FILE):
         load(None)
+
+
+def test_insightface_finds_the_face_before_protection_and_none_after(
+    insightface_detector, media_dir: Path, tmp_path: Path
+) -> None:
+    """The real client: insightface's own FaceAnalysis (what roop, Deep-Live-Cam and
+    inswapper call, at 640×640), on the JPEG file deepguard writes."""
+    from deepguard.attack.config import load_preset
+    from deepguard.pipeline.protect import Protector
+
+    source, out = media_dir / "lp_s12.jpg", tmp_path / "protected.jpg"
+    config = load_preset("balanced", detectors=["scrfd_500m"], tools=["inswapper"])
+    report = Protector(config).protect(source, out)
+    assert {row["tool"]: row["status"] for row in report["tools"]} == {"inswapper": "protected"}
+    clean = read_rgb(source)
+    assert len(insightface_detector.get(np.ascontiguousarray(clean[:, :, ::-1]))) == 1
+    delivered = cv2.imread(str(out))  # BGR, as the tools read it
+    assert insightface_detector.get(delivered) == []
+    recompressed = cv2.imdecode(
+        cv2.imencode(".jpg", delivered, [cv2.IMWRITE_JPEG_QUALITY, 75])[1], 1
+    )
+    assert insightface_detector.get(recompressed) == []
