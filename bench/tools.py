@@ -2,6 +2,11 @@
 
 Run: DEEPGUARD_WEIGHTS_DIR=../shared/weights .venv/bin/python bench/tools.py
          [--presets balanced,strong] [--only press] [--clip-frames 1] [--include-crowd]
+         [--out DIR] [--judge-only]
+
+``--out DIR`` keeps the clip frames and the protected files (``DIR/<preset>/``);
+``--judge-only`` judges the files already in ``DIR/<preset>/`` (a run cut short included)
+without protecting anything.
 
 Protects the shared photos (``media/images``, without the ~250-face crowd unless
 ``--include-crowd``), the high-resolution ``media/press`` photos and frames of the shared clips
@@ -29,7 +34,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from deepguard.attack.config import load_preset
+from deepguard.attack.config import AttackConfig, load_preset, with_assignments
 from deepguard.attack.profiles import enabled_profiles
 from deepguard.models.registry import load_detector
 from deepguard.pipeline.evaluate import Evaluation, evaluate
@@ -55,17 +60,19 @@ def clip_frames(folder: Path, per_clip: int) -> list[Path]:
     return paths
 
 
-def inputs(only: str | None, include_crowd: bool, per_clip: int, work: Path) -> list[Path]:
+def inputs(
+    only: str | None, include_crowd: bool, per_clip: int, work: Path, extract: bool = True
+) -> list[Path]:
     photos = [p for p in sorted((SHARED / "images").iterdir()) if include_crowd or p.name != CROWD]
     press = sorted((SHARED / "press").iterdir())
     groups = {"images": photos, "press": press}
     if per_clip:
-        groups["clips"] = clip_frames(work, per_clip)
+        groups["clips"] = clip_frames(work, per_clip) if extract else sorted(work.glob("*.png"))
     return [path for name, paths in groups.items() if only in (None, name) for path in paths]
 
 
-def protect_all(preset: str, paths: list[Path], out: Path) -> list[dict]:
-    protector = Protector(load_preset(preset))
+def protect_all(config: AttackConfig, paths: list[Path], out: Path) -> list[dict]:
+    protector = Protector(config)
     reports = []
     for path in paths:
         start = time.perf_counter()
@@ -109,19 +116,38 @@ def main() -> None:
     parser.add_argument("--clip-frames", type=int, default=1, help="frames per shared clip")
     parser.add_argument("--include-crowd", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--out", type=Path, help="keep clip frames and outputs here")
+    parser.add_argument("--judge-only", action="store_true", help="judge what --out holds")
+    parser.add_argument("--pictures", help="comma-separated file names: only these")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a preset field, e.g. --set iterations=24 --set momentum=0",
+    )
     args = parser.parse_args()
+    if args.judge_only and not args.out:
+        parser.error("--judge-only needs --out")
     figures = {}
     with tempfile.TemporaryDirectory(prefix="deepguard-tools-") as tmp:
-        work = Path(tmp)
-        paths = inputs(args.only, args.include_crowd, args.clip_frames, work)
-        print(f"{len(paths)} pictures: {', '.join(p.name for p in paths)}")
+        work = args.out or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        paths = inputs(args.only, args.include_crowd, args.clip_frames, work, not args.judge_only)
+        if args.pictures:
+            paths = [path for path in paths if path.name in args.pictures.split(",")]
         profiles = enabled_profiles()
         for preset in args.presets.split(","):
-            config = load_preset(preset)
+            config = with_assignments(load_preset(preset), args.set)
             out = work / preset
-            out.mkdir()
-            print(f"\n# {preset}: protecting", flush=True)
-            reports = protect_all(preset, paths, out)
+            out.mkdir(exist_ok=True)
+            if args.judge_only:
+                reports = []
+                paths = [path for path in paths if (out / path.name).exists()]
+            else:
+                print(f"\n# {preset}: protecting", flush=True)
+                reports = protect_all(config, paths, out)
+            print(f"{len(paths)} pictures: {', '.join(p.name for p in paths)}")
             names = list(dict.fromkeys([*config.detectors, *TRANSFER]))
             wanted = {n for p in profiles for n in p.detectors} | set(names)
             table = {name: load_detector(name) for name in sorted(wanted)}
@@ -132,11 +158,12 @@ def main() -> None:
             print_tables(preset, set(config.detectors), saved, q75)
             seconds = [r["seconds"] for r in reports]
             passes = [r["detector_passes"] for r in reports]
-            psnr = [r["psnr_db"] for r in reports if r["psnr_db"] is not None]
-            print(f"\nmean PSNR {statistics.mean(psnr):.2f} dB (lowest {min(psnr):.2f}); "
-                  f"seconds per picture: median {statistics.median(seconds):.1f}, "
-                  f"max {max(seconds):.1f}, total {sum(seconds):.0f}; detector passes: "
-                  f"median {statistics.median(passes):.0f}, max {max(passes)}")  # fmt: skip
+            psnr = [value for value in saved.psnr if np.isfinite(value)]
+            print(f"\nmean PSNR {statistics.mean(psnr):.2f} dB (lowest {min(psnr):.2f})")
+            if reports:
+                print(f"seconds per picture: median {statistics.median(seconds):.1f}, "
+                      f"max {max(seconds):.1f}, total {sum(seconds):.0f}; detector passes: "
+                      f"median {statistics.median(passes):.0f}, max {max(passes)}")  # fmt: skip
             figures[preset] = {
                 "tools": {
                     name: {

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import av
 import numpy as np
-import yaml
 
-from deepguard.attack.config import AttackConfig, load_preset
+from deepguard.attack.config import AttackConfig, load_preset, with_assignments
 from deepguard.pipeline.cluster import connect
 from deepguard.pipeline.video import VideoProtector
 from deepguard.settings import get_settings
@@ -118,19 +117,6 @@ def per_frame_baseline(config: AttackConfig) -> AttackConfig:
     return config.model_copy(update={"video": video})
 
 
-def with_fields(config: AttackConfig, assignments: list[str]) -> AttackConfig:
-    """``config`` with ``field=value`` / ``video.field=value`` overrides (values as YAML)."""
-    data = config.model_dump()
-    for assignment in assignments:
-        name, _, value = assignment.partition("=")
-        target = data
-        *parents, leaf = name.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = yaml.safe_load(value)
-    return AttackConfig.model_validate(data)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clip", default="lp_d11.mp4")
@@ -145,7 +131,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     detectors = args.detectors.split(",") if args.detectors else None
-    config = with_fields(load_preset(args.preset, detectors=detectors), args.set)
+    config = with_assignments(load_preset(args.preset, detectors=detectors), args.set)
     work = Path(tempfile.mkdtemp(prefix="dg-bench-video-"))
     clip = trim(SHARED / args.clip, work / "clip.mp4", args.frames)
     clean = decoded(clip)

@@ -203,6 +203,20 @@ class AttackConfig(BaseModel):
         return parse_config({**self.model_dump(), **changes})
 
 
+def with_assignments(config: AttackConfig, assignments: list[str]) -> AttackConfig:
+    """``config`` with ``field=value`` / ``video.field=value`` overrides, values read as YAML
+    (benchmarks compare variants of a preset this way)."""
+    data = config.model_dump()
+    for assignment in assignments:
+        name, _, value = assignment.partition("=")
+        target = data
+        *parents, leaf = name.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = yaml.safe_load(value)
+    return parse_config(data)
+
+
 def parse_config(data: dict[str, Any]) -> AttackConfig:
     try:
         return AttackConfig.model_validate(data)
