@@ -195,6 +195,15 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     return nn.functional.pad(x, (0, pad_w, 0, pad_h))
 
 
+def cell_grid(height: int, width: int, stride: int, device: torch.device) -> Tensor:
+    """The (column, row) of every cell of a stride's output map, row-major, as (H·W)×2:
+    where the anchor-free heads (YuNet, SCRFD) place their predictions."""
+    rows = torch.arange(height // stride, device=device, dtype=torch.float32)
+    cols = torch.arange(width // stride, device=device, dtype=torch.float32)
+    r, c = torch.meshgrid(rows, cols, indexing="ij")
+    return torch.stack([c.reshape(-1), r.reshape(-1)], dim=1)
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Load a checkpoint safely (``weights_only``) and strip a DataParallel ``module.`` prefix."""
     state = torch.load(path, map_location="cpu", weights_only=True)

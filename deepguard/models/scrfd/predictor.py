@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deepguard.models.base import DensePrediction, FaceDetector
+from deepguard.models.base import DensePrediction, FaceDetector, cell_grid
 from deepguard.models.onnx import graph_file
 from deepguard.models.scrfd.net import ANCHORS_PER_CELL, STRIDES, SCRFDHeads, SCRFDNet
 
@@ -80,10 +80,7 @@ class SCRFD500M(FaceDetector):
         if key not in self._centres:
             centres = []
             for stride in STRIDES:
-                rows = torch.arange(height // stride, device=device, dtype=torch.float32)
-                cols = torch.arange(width // stride, device=device, dtype=torch.float32)
-                r, c = torch.meshgrid(rows, cols, indexing="ij")
-                cells = torch.stack([c.reshape(-1), r.reshape(-1)], dim=1) * stride
+                cells = cell_grid(height, width, stride, device) * stride
                 centres.append(cells.repeat_interleave(ANCHORS_PER_CELL, dim=0))
             self._centres[key] = centres
         return self._centres[key]

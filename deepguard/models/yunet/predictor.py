@@ -25,6 +25,7 @@ from torch import Tensor
 from deepguard.models.base import (
     DensePrediction,
     FaceDetector,
+    cell_grid,
     log_odds_of_product,
     pad_to_multiple,
     rgb_to_bgr,
@@ -102,13 +103,7 @@ class YuNet(FaceDetector):
         """Per stride, the (column, row) of every cell in row-major order, as (H·W)×2."""
         key = (height, width, device)
         if key not in self._grids:
-            grids = []
-            for stride in STRIDES:
-                rows = torch.arange(height // stride, device=device, dtype=torch.float32)
-                cols = torch.arange(width // stride, device=device, dtype=torch.float32)
-                r, c = torch.meshgrid(rows, cols, indexing="ij")
-                grids.append(torch.stack([c.reshape(-1), r.reshape(-1)], dim=1))
-            self._grids[key] = grids
+            self._grids[key] = [cell_grid(height, width, s, device) for s in STRIDES]
         return self._grids[key]
 
 
