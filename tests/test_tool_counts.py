@@ -7,7 +7,8 @@ import torch
 
 from deepguard.attack.core import AttackResult
 from deepguard.attack.profiles import ToolProfile
-from deepguard.attack.tool_counts import most_per_tool, tool_rows
+from deepguard.attack.tool_counts import most_per_tool
+from deepguard.attack.verification import tool_summary
 from deepguard.stages.poison import _merge
 
 
@@ -33,7 +34,7 @@ def test_rows_say_which_tools_are_protected_and_which_were_not_counted() -> None
     ]
     before = {"faceswap": [1], "wav2lip": [2], "deepfacelive": [1], "latentsync": [0]}
     after = {"faceswap": [0], "wav2lip": [1], "deepfacelive": [1], "latentsync": [0]}
-    rows = {row["tool"]: row for row in tool_rows(profiles, ["retinaface"], before, after)}
+    rows = {row["tool"]: row for row in tool_summary(profiles, ["retinaface"], before, after)}
     assert rows["faceswap"]["status"] == "protected"
     assert (rows["wav2lip"]["status"], rows["wav2lip"]["faces_after"]) == ("not protected", 1)
     assert rows["deepfacelive"]["status"] == "not covered"

@@ -11,13 +11,12 @@ other.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from deepguard.attack.core import FacePoison
-from deepguard.attack.profiles import ToolProfile
-from deepguard.attack.verification import keep_most, tool_summary
+from deepguard.attack.verification import keep_most
 
 #: faces per tool, per frame
 ToolCounts = dict[str, list[int]]
@@ -38,21 +37,3 @@ def with_uncovered(
     """``covered`` (faces the ensemble's looks found) merged with what the tools' detectors
     outside the ensemble find on the worst of ``versions``."""
     return most_per_tool(covered, attack.judge_uncovered(versions).by_tool())
-
-
-def tool_rows(
-    profiles: Sequence[ToolProfile],
-    attacked: Iterable[str],
-    before: Mapping[str, list[int]],
-    after: Mapping[str, list[int]],
-) -> list[dict]:
-    """Report rows (see :func:`~deepguard.attack.verification.tool_summary`). A tool with no
-    counts was not looked at (none of its detectors could be loaded): its faces are null
-    rather than a 0 that would read as "none found"."""
-    rows = tool_summary(profiles, attacked, before, after)
-    for row in rows:
-        if row["tool"] not in before:
-            row["faces_before"] = None
-        if row["tool"] not in after:
-            row["faces_after"] = None
-    return rows

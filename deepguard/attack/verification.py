@@ -185,16 +185,18 @@ def tool_summary(
 ) -> list[dict]:
     """One report row per tool: faces before → after, and whether the result protects
     against it. A tool whose detectors are not all attacked is "not covered", whatever its
-    counts say; one that found no face on the clean input has nothing to protect."""
+    counts say; one that found no face on the clean input has nothing to protect. A tool
+    with no counts was not looked at (none of its detectors could be loaded): its faces are
+    null rather than a 0 that would read as "none found"."""
     attacked = set(attacked)
     rows = []
     for profile in profiles:
-        found_before = sum(before.get(profile.name, []))
-        found_after = sum(after.get(profile.name, []))
+        found_before = sum(before[profile.name]) if profile.name in before else None
+        found_after = sum(after[profile.name]) if profile.name in after else None
         covered = set(profile.detectors) <= attacked
         if not covered:
             status = "not covered"
-        elif found_before == 0:
+        elif not found_before:
             status = "no faces found"
         else:
             status = "protected" if found_after == 0 else "not protected"

@@ -18,7 +18,8 @@ from deepguard import __version__
 from deepguard.attack.config import AttackConfig
 from deepguard.attack.core import AttackResult, Progress
 from deepguard.attack.metrics import psnr, ssim
-from deepguard.attack.tool_counts import tool_rows, with_uncovered
+from deepguard.attack.tool_counts import with_uncovered
+from deepguard.attack.verification import tool_summary
 from deepguard.fileio import write_atomically
 from deepguard.models.registry import get_spec
 from deepguard.settings import Settings, get_settings
@@ -145,7 +146,7 @@ class Protector:
         versions = attack.delivered(protected[None], None)
         before = with_uncovered(attack, result.tools_before, [clean])
         after = with_uncovered(attack, result.tools_after, versions)
-        return tool_rows(attack.profiles, attack.table, before, after)
+        return tool_summary(attack.profiles, attack.table, before, after)
 
     def _weight_digests(self) -> dict[str, str | None]:
         return {

@@ -28,7 +28,8 @@ from deepguard.attack.config import AttackConfig
 from deepguard.attack.core import FacePoison
 from deepguard.attack.precision import resolve_precision
 from deepguard.attack.profiles import enabled_profiles
-from deepguard.attack.tool_counts import ToolCounts, tool_rows
+from deepguard.attack.tool_counts import ToolCounts
+from deepguard.attack.verification import tool_summary
 from deepguard.errors import DeepguardError
 from deepguard.fileio import temporary_beside, write_atomically
 from deepguard.models.registry import load_detector
@@ -370,7 +371,7 @@ class _Run:
         frames decoded from the written file (by the verify stage), and the verdict."""
         before, after = _per_tool(rows, "tools_before"), _per_tool(rows, "tools_after")
         profiles = enabled_profiles(self.config.tools)
-        return tool_rows(profiles, self.config.detectors, before, after)
+        return tool_summary(profiles, self.config.detectors, before, after)
 
 
 def _per_tool(rows: list[dict[str, Any]], key: str) -> ToolCounts:
