@@ -372,11 +372,13 @@ class FacePoison:
                     if native:
                         seen = self._with_context(window, run.x.shape[-2:], run.rng)
                         view, _ = run.transform(_resize_for(looks[0], _crop(adversarial, seen)))
-                    else:
+                    else:  # no random rescale before a tool's exact, unantialiased resize:
+                        # which pixels reach its detector depends on the exact size, and the
+                        # budget cannot hold at every sampling phase (SCRFD at 640 stayed found)
                         if window.frame not in encoded:
                             frame = _crop(adversarial, window)
                             encoded[window.frame] = run.transform(frame, rescale=False)[0]
-                        view = self._as_tool_sees(looks[0], encoded[window.frame])
+                        view = _resize_for(looks[0], encoded[window.frame])
                     leaf = view.detach().requires_grad_(True)
                     gradients = self._ensemble_gradient(leaf, window, run, looks)
                     # a tool's shrunken view spreads each of its pixels' gradient over about
@@ -444,16 +446,6 @@ class FacePoison:
             if look.detector in attacked:
                 groups.setdefault((look.native, look.scale), []).append(look)
         return [(native, scale, looks) for (native, scale), looks in groups.items()]
-
-    @staticmethod
-    def _as_tool_sees(look: Look, encoded: Tensor) -> Tensor:
-        """A whole frame as a tool's look sees it: the frame as re-encoded at full size
-        (``encoded``, one EOT draw) resized as the tool does, bilinear without antialiasing
-        to exactly the tool's size. No random rescale here, unlike native views: without
-        antialiasing, the exact size decides which pixels reach the detector, and asking the
-        perturbation to hold at every sampling phase is more than the small budget can do
-        (SCRFD at 640 and 128 stayed found)."""
-        return _resize_for(look, encoded)
 
     def _ensemble_gradient(
         self, view: Tensor, window: Window, run: _Run, looks: list[Look]
