@@ -123,7 +123,22 @@ class AttackConfig(BaseModel):
         0.8, gt=0, le=1, description="proposal threshold, as a fraction of each detector's"
     )
     # early stop, quality recovery, verify and repair on the encoded output
-    check_every: int = Field(2, ge=1, description="iterations between early-stop checks")
+    patience: int = Field(
+        4,
+        ge=0,
+        description="end a round once the summed score loss has not reached a new low for this "
+        "many iterations (0: never); the repair rounds still run",
+    )
+    plateau_tolerance: float = Field(
+        0.02, ge=0, lt=1, description="a new low must beat the best so far by this fraction"
+    )
+    edge_fade: float = Field(
+        0.1,
+        ge=0,
+        le=0.5,
+        description="the budget fades to 0 over a band this fraction of each face window's "
+        "side wide around it (0: hard edges)",
+    )
     verify_margin: float = Field(
         0.8, gt=0, le=1, description="hidden means every score below this fraction of threshold"
     )
@@ -133,12 +148,11 @@ class AttackConfig(BaseModel):
     shrink_steps: int = Field(3, ge=0, description="bisection steps shrinking the perturbation")
     repair_rounds: int = Field(3, ge=0)
     give_up_ratio: float | None = Field(
-        None,
+        0.1,
         gt=0,
         lt=1,
-        description="off by default: a detector still finding a face whose loss fell by less "
-        "than this fraction during the main iterations and a first repair round is left out of "
-        "the later repair rounds (faster, but the loss is noisy and it can give up too early)",
+        description="a detector still finding a face whose loss fell by less than this "
+        "fraction over the last two rounds is left out of the later repair rounds (None: off)",
     )
     repair_iterations: int = Field(5, ge=1)
     output_jpeg_quality: int = Field(92, ge=50, le=100)

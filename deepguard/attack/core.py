@@ -87,7 +87,8 @@ class _Run:
     windows: list[Window]  # where the perturbation may go
     views: list[Window]  # what the detectors look at
     mask: Tensor
-    bound: Tensor  # N×1×H×W, the L∞ budget of every pixel in levels
+    budget: Tensor  # N×1×H×W, the L∞ budget of every pixel in levels (ε, region_epsilon)
+    bound: Tensor  # the budget faded out towards the windows' edges: what the pixels may use
     delta: Tensor
     momentum: Tensor
     importance: dict[tuple, FeatureImportance]
@@ -100,6 +101,10 @@ class _Run:
     passes: int = 0
     # detector → its score loss summed over views, per iteration (to spot a stalled one)
     losses: dict[str, list[float]] = field(default_factory=dict)
+    # the iteration each round (main, then repairs) started at
+    round_starts: list[int] = field(default_factory=list)
+    # look → the highest score it saw in this iteration's views: the cheap check
+    peaks: dict[Look, float] = field(default_factory=dict)
 
 
 def frames_to_tensor(frames: np.ndarray, device: torch.device | str) -> Tensor:
@@ -285,8 +290,10 @@ class FacePoison:
         importance = self._importance(x, views, generator, active) if config.feature_loss else {}
         timings["importance"] = time.perf_counter() - tick
         budget = iterations or config.iterations
-        mask = self._mask(x, windows)
-        bound = self._bound(frames, x)
+        soft = _soft_mask(x, windows, config.edge_fade)
+        mask = (soft > 0).float()
+        levels = self._budget(frames, x)
+        bound = levels * soft
         delta = self._initial_delta(x, init_delta, generator, bound) * mask
         run = _Run(
             x=x,
@@ -296,6 +303,7 @@ class FacePoison:
             windows=windows,
             views=views,
             mask=mask,
+            budget=levels,
             bound=bound,
             delta=delta,
             momentum=torch.zeros_like(delta),
@@ -318,15 +326,16 @@ class FacePoison:
         skip_first = init_delta is not None and not self._visible_after_delivery(run, run.delta)
         while True:
             if rounds or not skip_first:
+                run.round_starts.append(run.iterations)
                 self._iterate(run, budget)
             out = self._finish(run, run.delta)
             delivered = self.delivered(out, roundtrip)
             after = self.judge(delivered)
             faces_after = after.by_detector()
-            if rounds == 1 and config.give_up_ratio:  # after the main iterations + one repair
+            if rounds >= 1 and config.give_up_ratio:  # after the main iterations + a repair
                 run.detectors = self._without_stalled(run, faces_after)
             hidden = all(sum(faces_after[d.name]) == 0 for d in run.detectors)
-            last = hidden or rounds >= config.repair_rounds
+            last = hidden or rounds >= config.repair_rounds or not run.detectors
             if last and config.shrink_steps and run.iterations:  # give back what steps inflated
                 after = self._shrink(run, after, delivered)
                 faces_after = after.by_detector()
@@ -355,9 +364,16 @@ class FacePoison:
         )
 
     def _iterate(self, run: _Run, budget: int) -> None:
-        """Up to ``budget`` sign-gradient steps; stops early once the delivery is clean."""
+        """Up to ``budget`` sign-gradient steps; stops early once the delivery is clean, or
+        once the loss has stopped falling (more of the same steps would be wasted).
+
+        The delivery check (codec round-trip, re-compression, every look) is dear; it runs
+        only when this iteration's own passes saw every look below ``verify_margin`` of its
+        threshold, which costs nothing."""
         config = self.config
+        best, since_best = float("inf"), 0
         for step in range(1, budget + 1):
+            run.peaks = {}
             delta = run.delta.detach().requires_grad_(True)
             adversarial = quantize_uint8(run.x + delta)
             # [accumulated through momentum, used as is]
@@ -368,6 +384,8 @@ class FacePoison:
                 # native looks attack crops around the faces; a tool's look sees the whole
                 # frame after the tool's resize, which is cheap: tools shrink the picture
                 views = run.views if native else _whole_frames(run.views, run.x)
+                seen_views: list[Tensor] = []
+                weights: list[float] = []
                 for window in views:
                     if native:
                         seen = self._with_context(window, run.x.shape[-2:], run.rng)
@@ -379,15 +397,29 @@ class FacePoison:
                             frame = _crop(adversarial, window)
                             encoded[window.frame] = run.transform(frame, rescale=False)[0]
                         view = _resize_for(looks[0], encoded[window.frame])
-                    leaf = view.detach().requires_grad_(True)
-                    gradients = self._ensemble_gradient(leaf, window, run, looks)
+                    seen_views.append(view)
                     # a tool's shrunken view spreads each of its pixels' gradient over about
                     # 1/scale² pixels of the frame: scale it back, or the native views would
                     # outvote every tool in the sign of the sum
-                    weight = 1.0 if native else (view.shape[-2] * view.shape[-1]) / (window.area)
-                    for i, gradient in enumerate(gradients):
-                        if gradient is not None:  # chain the normalised gradient back to delta
-                            surrogates[i] = surrogates[i] + (view * gradient).sum() / weight
+                    weights.append(1.0 if native else view.shape[-2] * view.shape[-1] / window.area)
+                # every view of the group through each detector as one batch (the feature
+                # loss's importance is per view, so with it each view goes alone)
+                everyone = list(range(len(views)))
+                batches = [[i] for i in everyone] if run.importance else [everyone]
+                for members in batches:
+                    batch = _pad_batch([seen_views[i] for i in members])
+                    leaf = batch.detach().requires_grad_(True)
+                    window = views[members[0]] if len(members) == 1 else None
+                    gradients = self._ensemble_gradient(leaf, window, run, looks)
+                    for slot, gradient in enumerate(gradients):
+                        if gradient is None:
+                            continue
+                        for row, i in enumerate(members):  # chain back to delta, view by view
+                            height, width = seen_views[i].shape[-2:]
+                            part = gradient[row : row + 1, :, :height, :width]
+                            surrogates[slot] = surrogates[slot] + (
+                                (seen_views[i] * part).sum() / weights[i]
+                            )
             run.iterations += 1
             if run.progress:
                 run.progress("attack", run.iterations, run.total_budget)
@@ -406,10 +438,29 @@ class FacePoison:
             stepped = run.delta - config.step * direction.sign()
             stepped = torch.maximum(torch.minimum(stepped, run.bound), -run.bound)
             run.delta = ((run.x + stepped).clamp(0, 255) - run.x) * run.mask
-            checkpoint = step >= config.min_iterations and step % config.check_every == 0
-            if checkpoint and not self._visible_after_delivery(run, run.delta):
+            if (
+                step >= config.min_iterations
+                and self._looks_clear(run)
+                and not self._visible_after_delivery(run, run.delta)
+            ):
                 log.debug("hidden after delivery at iteration %d", run.iterations)
                 break
+            loss = sum(trace[-1] for trace in run.losses.values() if trace)
+            if loss < (1 - config.plateau_tolerance) * best:
+                best, since_best = loss, 0
+            else:
+                since_best += 1
+            if config.patience and since_best >= config.patience:
+                log.debug("loss stalled at %.3g for %d iterations", loss, since_best)
+                break
+
+    def _looks_clear(self, run: _Run) -> bool:
+        """The cheap check: did every look's views score below the early stop's margin in
+        this iteration's own passes?"""
+        margin = self.config.verify_margin
+        return bool(run.peaks) and all(
+            peak < margin * look.threshold for look, peak in run.peaks.items()
+        )
 
     @staticmethod
     def _report_losses(run: _Run) -> None:
@@ -420,19 +471,22 @@ class FacePoison:
                 run.progress(detector_phase("loss", name), round(100 * max(0.0, removed)), 100)
 
     def _without_stalled(self, run: _Run, faces_after: dict[str, list[int]]) -> list[FaceDetector]:
-        """Leave out of further repair rounds a detector that still finds a face after the
-        main iterations and one repair round, and whose loss fell by less than
-        ``give_up_ratio`` over them: more of the same budget will not hide it, and every
-        repair round would be spent on it in vain. (Judged after the main iterations alone,
-        the noisy loss of a detector one repair away from hiding can look stalled.)"""
+        """Leave out of further repair rounds a detector that still finds a face and whose loss
+        fell by less than ``give_up_ratio`` over the last two rounds: more of the same budget
+        will not hide it, and every repair round would be spent on it in vain. (Judged over
+        one round alone, the noisy loss of a detector one repair away from hiding can look
+        stalled.)"""
         kept = []
+        since = run.round_starts[-2] if len(run.round_starts) > 1 else 0
         for detector in run.detectors:
-            trace = run.losses.get(detector.name, [])
+            trace = run.losses.get(detector.name, [])[since:]
             visible = sum(faces_after[detector.name]) > 0
-            stalled = len(trace) > 1 and trace[-1] > (1 - self.config.give_up_ratio) * trace[0]
+            # the mean of two iterations at either end: one EOT draw is noisy
+            first, last = float(np.mean(trace[:2] or [0])), float(np.mean(trace[-2:] or [0]))
+            stalled = len(trace) > 3 and last > (1 - self.config.give_up_ratio) * first
             if visible and stalled:
                 log.info("%s: loss %.3g → %.3g; left out of the repair rounds", detector.name,
-                         trace[0], trace[-1])  # fmt: skip
+                         first, last)  # fmt: skip
             else:
                 kept.append(detector)
         return kept
@@ -448,23 +502,31 @@ class FacePoison:
         return [(native, scale, looks) for (native, scale), looks in groups.items()]
 
     def _ensemble_gradient(
-        self, view: Tensor, window: Window, run: _Run, looks: list[Look]
+        self, view: Tensor, window: Window | None, run: _Run, looks: list[Look]
     ) -> tuple[Tensor | None, Tensor | None]:
-        """Sums of per-look gradients, each normalised so no detector dominates: of the
-        detectors whose gradient momentum may accumulate, and of those it may not
-        (:attr:`FaceDetector.momentum_safe`)."""
+        """Sums of per-look gradients on a batch of views, each normalised so no detector
+        dominates: of the detectors whose gradient momentum may accumulate, and of those it
+        may not (:attr:`FaceDetector.momentum_safe`). ``window`` is the view's when the batch
+        holds one (it keys the feature importance)."""
         totals: list[Tensor | None] = [None, None]
         for look in looks:
             detector = self.table[look.detector]
             # the feature importance was estimated on native crops
-            importance = run.importance.get((detector.name, *_key(window))) if look.native else None
+            importance = (
+                run.importance.get((detector.name, *_key(window)))
+                if look.native and window is not None
+                else None
+            )
             # a look at another threshold moves the floors with it
             floor = self.config.score_floor * look.threshold / detector.score_threshold
-            gradients, excess = self._detector_gradients(detector, view, importance, True, floor)
+            gradients, excess, peak = self._detector_gradients(
+                detector, view, importance, True, floor
+            )
             if gradients is None:  # the half-precision gradient overflowed: this pass in fp32
-                gradients, excess = self._detector_gradients(
+                gradients, excess, peak = self._detector_gradients(
                     detector, view, importance, False, floor
                 )
+            run.peaks[look] = max(peak, run.peaks.get(look, 0.0))
             if excess is not None:
                 log.debug("%s %s: score loss %.3g", detector.name, window, excess)
                 trace = run.losses.setdefault(detector.name, [])
@@ -486,10 +548,10 @@ class FacePoison:
         importance: FeatureImportance | None,
         half: bool,
         floor: float,
-    ) -> tuple[list[Tensor] | None, float | None]:
-        """One detector's loss gradients with respect to ``view`` (raw, not normalised) and
-        its score loss above ``floor`` (a fraction of its threshold); ``None`` gradients when
-        a half-precision one overflowed."""
+    ) -> tuple[list[Tensor] | None, float | None, float]:
+        """One detector's loss gradients with respect to ``view`` (raw, not normalised), its
+        score loss above ``floor`` (a fraction of its threshold) and its highest final score;
+        ``None`` gradients when a half-precision one overflowed."""
         config = self.config
         half = half and self.autocast.applies_to(detector)
         scale = self._loss_scales.get(detector.name, self.autocast.loss_scale) if half else 1.0
@@ -498,6 +560,8 @@ class FacePoison:
                 maps, features = detector.logit_maps_and_features(view)
             else:
                 maps, features = detector.logit_maps(view), {}
+        final = maps[-1].detach()
+        peak = float(torch.sigmoid(final.float().max())) if final.numel() else 0.0
         terms = []
         excess = None
         if config.score_loss:  # the losses are fp32 whatever the maps' precision
@@ -514,9 +578,9 @@ class FacePoison:
                 self._loss_scales[detector.name] = max(1.0, scale / 16)
                 log.debug("%s: gradient overflowed in %s at loss scale %g; fp32 this pass",
                           detector.name, self.autocast.name, scale)  # fmt: skip
-                return None, excess
+                return None, excess, peak
             gradients.append(grad)
-        return gradients, excess
+        return gradients, excess, peak
 
     def _importance(
         self,
@@ -629,7 +693,9 @@ class FacePoison:
         for version in delivered:
             found = self.propose_windows(frames_to_tensor(version, run.x.device))
             run.windows = merge_windows(run.windows + found)
-        run.mask = self._mask(run.x, run.windows)
+        soft = _soft_mask(run.x, run.windows, self.config.edge_fade)
+        run.mask = (soft > 0).float()
+        run.bound = run.budget * soft
         run.views = self._views(run.x, run.windows)
 
     def _finish(self, run: _Run, delta: Tensor) -> np.ndarray:
@@ -668,14 +734,7 @@ class FacePoison:
         height, width = x.shape[-2:]
         return [Window(i, 0, 0, width, height) for i in range(len(x))]
 
-    @staticmethod
-    def _mask(x: Tensor, windows: list[Window]) -> Tensor:
-        mask = torch.zeros(x.shape[0], 1, *x.shape[-2:], device=x.device)
-        for w in windows:
-            mask[w.frame, :, w.y1 : w.y2, w.x1 : w.x2] = 1
-        return mask
-
-    def _bound(self, frames: np.ndarray, x: Tensor) -> Tensor:
+    def _budget(self, frames: np.ndarray, x: Tensor) -> Tensor:
         """Every pixel's L∞ budget: ``epsilon``, raised to ``region_epsilon[name]`` around the
         faces detector ``name`` finds on the clean frames (MTCNN needs about 12 levels on a
         large face, which the rest of the picture need not pay for)."""
@@ -723,7 +782,50 @@ def _resize_for(look: Look, x: Tensor) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
 
 
+def _pad_batch(views: list[Tensor]) -> Tensor:
+    """1×3×h×w views of different sizes as one batch, zero-padded at the right and bottom
+    (as a letterboxing tool pads); one view goes through unchanged."""
+    if len(views) == 1:
+        return views[0]
+    height = max(v.shape[-2] for v in views)
+    width = max(v.shape[-1] for v in views)
+    return torch.cat([F.pad(v, (0, width - v.shape[-1], 0, height - v.shape[-2])) for v in views])
+
+
 def _whole_frames(views: list[Window], x: Tensor) -> list[Window]:
     """One whole-frame window for every frame that has something to attack."""
     height, width = x.shape[-2:]
     return [Window(frame, 0, 0, width, height) for frame in sorted({w.frame for w in views})]
+
+
+def _soft_mask(x: Tensor, windows: list[Window], fade: float) -> Tensor:
+    """N×1×H×W: 1 inside ``windows``, falling linearly to 0 over a band of ``fade`` times each
+    window's shorter side (at least 2 pixels) around it.
+
+    The budget is multiplied by it, so the perturbation fades out at the border of its face
+    region instead of ending in a hard-edged rectangle (visible in a difference heatmap, and
+    to a trained eye in flat backgrounds). The band lies outside the window: a fade inside
+    it took budget from the face's context, and YuNet found lp_s0's face again.
+    Overlapping windows keep the larger value.
+    """
+    mask = torch.zeros(x.shape[0], 1, *x.shape[-2:], device=x.device)
+    height, width = x.shape[-2:]
+    for w in windows:
+        band = max(2, round(fade * min(w.x2 - w.x1, w.y2 - w.y1))) if fade > 0 else 0
+        y1, y2 = max(0, w.y1 - band), min(height, w.y2 + band)
+        x1, x2 = max(0, w.x1 - band), min(width, w.x2 + band)
+        fade_y = _ramp(y1, y2, w.y1, w.y2, band, x.device)
+        fade_x = _ramp(x1, x2, w.x1, w.x2, band, x.device)
+        region = mask[w.frame, 0, y1:y2, x1:x2]
+        torch.maximum(region, torch.minimum(fade_y[:, None], fade_x[None, :]), out=region)
+    return mask
+
+
+def _ramp(start: int, stop: int, inner_start: int, inner_stop: int, band: int, device) -> Tensor:
+    """Along one axis, over pixels ``[start, stop)``: 1 inside ``[inner_start, inner_stop)``,
+    falling linearly to 0 ``band`` pixels outside it."""
+    centres = torch.arange(start, stop, device=device, dtype=torch.float32)
+    outside = torch.clamp(torch.maximum(inner_start - centres, centres - (inner_stop - 1)), min=0)
+    if not band:
+        return (outside == 0).float()
+    return (1 - outside / (band + 1)).clamp(min=0)

@@ -96,8 +96,9 @@ def test_a_stalled_detector_is_left_out_of_the_repairs() -> None:
     attack = FacePoison(config, detectors=detectors)
     run = SimpleNamespace(
         detectors=detectors,
-        losses={"retinaface": [100.0, 40.0], "mtcnn": [463.0, 368.0],
-                "yunet": [172.0, 98.8], "hidden": [50.0, 49.0]},
+        round_starts=[0, 2],  # judged over the last two rounds: here all four iterations
+        losses={"retinaface": [100.0, 90.0, 45.0, 40.0], "mtcnn": [463.0, 460.0, 370.0, 368.0],
+                "yunet": [172.0, 170.0, 100.0, 98.8], "hidden": [50.0, 50.0, 49.0, 49.0]},
     )  # fmt: skip
     still_found = {"retinaface": [1], "mtcnn": [1], "yunet": [2], "hidden": [0]}
     kept = [d.name for d in attack._without_stalled(run, still_found)]
@@ -159,3 +160,31 @@ def test_shrinking_keeps_hidden_faces_clear_of_the_threshold() -> None:
     assert found == {"fading": [0]}
     assert float(run.delta.mean()) == pytest.approx(16 * 0.625)
     assert detector._score(clean + run.delta) < config.verify_margin * detector.score_threshold
+
+
+def test_the_budget_fades_out_around_each_face_window_but_not_at_the_frame_edge() -> None:
+    from deepguard.attack.core import _soft_mask
+
+    x = torch.zeros(1, 3, 100, 200)
+    inner = Window(0, 50, 20, 150, 80)  # 100×60: a band of 6 pixels at fade 0.1
+    mask = _soft_mask(x, [inner], 0.1)[0, 0]
+    assert bool((mask[20:80, 50:150] == 1).all())  # the window keeps its whole budget
+    row = mask[50, 40:50]  # left of the window: rising towards it, 0 beyond the band
+    assert float(row[0]) == 0 and bool((row[4:].diff() > 0).all()) and float(row[-1]) < 1
+    assert float(mask[50, 30]) == 0 and float(mask[5, 100]) == 0
+
+    at_edge = _soft_mask(x, [Window(0, 0, 0, 80, 100)], 0.1)[0, 0]
+    assert bool((at_edge[:, :80] == 1).all())  # no fade along the frame's own edges
+    assert float(at_edge[50, 80]) < 1 and float(at_edge[50, 95]) == 0
+    assert bool((_soft_mask(x, [inner], 0.0)[0, 0] == (mask == 1).float()).all())  # hard edges
+
+
+def test_views_of_different_sizes_go_through_a_detector_as_one_batch() -> None:
+    from deepguard.attack.core import _pad_batch
+
+    views = [torch.ones(1, 3, 40, 30), torch.full((1, 3, 20, 50), 2.0)]
+    batch = _pad_batch(views)
+    assert batch.shape == (2, 3, 40, 50)
+    assert bool((batch[0, :, :40, :30] == 1).all()) and float(batch[0, :, :, 30:].abs().sum()) == 0
+    assert bool((batch[1, :, :20, :50] == 2).all()) and float(batch[1, :, 20:].abs().sum()) == 0
+    assert _pad_batch(views[:1]) is views[0]

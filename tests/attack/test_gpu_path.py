@@ -246,12 +246,12 @@ def test_an_overflowing_fp16_gradient_is_redone_in_fp32(portrait: np.ndarray) ->
     (detector,) = attack.detectors
     view = torch.from_numpy(portrait.copy()).permute(2, 0, 1)[None].float().requires_grad_()
     attack._loss_scales[detector.name] = 1e38  # a scaled loss that overflows
-    gradients, excess = attack._detector_gradients(
+    gradients, excess, peak = attack._detector_gradients(
         detector, view, None, True, attack.config.score_floor
     )
-    assert gradients is None and excess > 0
+    assert gradients is None and excess > 0 and peak > detector.score_threshold
     assert attack._loss_scales[detector.name] < 1e38  # lowered for the next pass
-    gradients, _ = attack._detector_gradients(
+    gradients, _, _ = attack._detector_gradients(
         detector, view, None, False, attack.config.score_floor
     )
     assert gradients and torch.isfinite(gradients[0]).all() and gradients[0].abs().sum() > 0

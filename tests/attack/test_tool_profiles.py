@@ -140,7 +140,7 @@ def test_region_epsilon_raises_the_budget_only_around_that_detectors_faces(
         tools=[],
     )  # fmt: skip
     attack = FacePoison(config)
-    bound = attack._bound(clean[None], frames_to_tensor(clean[None], "cpu"))
+    bound = attack._budget(clean[None], frames_to_tensor(clean[None], "cpu"))
     assert float(bound.max()) == 12 and float(bound.min()) == 6
     raised = float((bound == 12).float().mean())
     assert 0.05 < raised < 0.9  # the face region, not the picture
