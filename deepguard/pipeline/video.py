@@ -110,7 +110,9 @@ class VideoProtector:
         progress: StageProgress | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        info = VideoSource(source_path, self.settings.max_image_pixels).info
+        source = VideoSource(source_path, self.settings.max_image_pixels)
+        source.validate()  # a corrupt or cut file is refused here, before any Ray work
+        info = source.info
         container = video_output_format(output_path, info)
         connect(self.settings)
         handle, partial = temporary_beside(output_path)

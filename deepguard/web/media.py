@@ -61,14 +61,14 @@ def sniff(head: bytes) -> tuple[str, str] | None:
 
 
 def inspect(path: Path, max_pixels: int) -> MediaInfo:
-    """Decode enough of ``path`` (named by :func:`sniff`) to trust it; raise InputError if not."""
+    """Decode ``path`` (named by :func:`sniff`) to trust it; raise InputError if not."""
     if path.suffix in VIDEO_SUFFIXES:
-        info = probe_video(path, max_pixels)
-        first = next(iter(VideoSource(path, max_pixels, chunk_size=1).frames()), None)
-        if first is None:  # frames() raises for an empty or corrupt stream; belt and braces
-            raise InputError(f"{path.name}: the video has no frames")
-        height, width = first[0].shape[:2]
-        frames = info.frames or round((info.duration_s or 0) * info.fps) or 1
+        source = VideoSource(path, max_pixels)
+        frames = source.validate()  # every frame decodes: a cut or damaged clip goes here
+        info = source.info
+        width, height = (
+            (info.height, info.width) if info.rotation % 180 else (info.width, info.height)
+        )
         return MediaInfo(
             "video",
             path.suffix,
