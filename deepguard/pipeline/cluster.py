@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import ray
@@ -40,9 +41,15 @@ def connect(settings: Settings) -> None:
     log.info("ray resources: %s", ray.cluster_resources())
 
 
-def get_result(ref: ray.ObjectRef) -> Any:
+def get_result(ref: ray.ObjectRef, *siblings: ray.ObjectRef) -> Any:
     """``ray.get``, with a failure inside a task or actor turned back into the one-line error
-    the user should read (our own errors keep their type)."""
+    the user should read (our own errors keep their type).
+
+    ``siblings`` are the other results of the same call (``num_returns``), which fail with
+    it; they are waited for, not fetched, so none is left unread (see :func:`settle`).
+    """
+    if siblings:
+        settle([ref, *siblings], timeout_s=None)
     try:
         return ray.get(ref)
     except RayTaskError as error:
@@ -52,6 +59,18 @@ def get_result(ref: ray.ObjectRef) -> Any:
         raise DeepguardError(f"a pipeline stage failed: {cause!r}") from None
     except RayActorError as error:
         raise DeepguardError(f"a pipeline worker died: {error}") from None
+
+
+def settle(refs: Sequence[ray.ObjectRef], timeout_s: float | None = 30.0) -> None:
+    """Wait for ``refs`` without fetching them, which marks their failures as read.
+
+    Ray prints every failed result that is dropped unread as an "Unhandled error" with the
+    remote traceback, long after the one-line error the user should see. Results still
+    pending when a run is given up end at once when their actors are killed, so settle them
+    after that.
+    """
+    if refs:
+        ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s, fetch_local=False)
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
