@@ -27,6 +27,7 @@ def connect(settings: Settings) -> None:
     """Start or join Ray once per process; an unreachable cluster is a one-line error."""
     if ray.is_initialized():
         return
+    match_ray_log_level()
     address = settings.ray_address
     try:
         if address:
@@ -39,6 +40,13 @@ def connect(settings: Settings) -> None:
         where = f"at {address}" if address else "locally"
         raise DeepguardError(f"cannot start or reach a Ray cluster {where}: {error}") from None
     log.info("ray resources: %s", ray.cluster_resources())
+
+
+def match_ray_log_level() -> None:
+    """Ray logs on the driver (its token notice, say) at this program's level or above, so
+    ``deepguard protect -q`` prints nothing but errors; Ray itself logs at INFO and up."""
+    ours = logging.getLogger().getEffectiveLevel()
+    logging.getLogger("ray").setLevel(max(logging.INFO, ours))
 
 
 def get_result(ref: ray.ObjectRef, *siblings: ray.ObjectRef) -> Any:
