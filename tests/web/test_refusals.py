@@ -48,3 +48,70 @@ def test_a_clip_cut_short_with_its_index_first_is_refused(
     assert cut.json()["code"] == "unreadable" and "truncated" in cut.json()["detail"]
     uploads = tmp_path / "data" / "uploads"
     assert [p.name for p in uploads.iterdir()] == [accepted.json()["id"]]  # nothing left behind
+
+
+def _assert_refusal(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert isinstance(body, dict) and isinstance(body.get("detail"), str), body
+    assert body.get("code") == code, body
+    return body
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/api/jobs/..%2F..%2Fetc%2Fpasswd", 404, "not_found"),
+        ("GET", "/api/no-such-thing", 404, "not_found"),
+        ("DELETE", "/api/health", 405, "method_not_allowed"),
+        ("GET", "/api/jobs/" + "0" * 32, 404, "job_not_found"),
+    ],
+)
+def test_routing_refusals_have_the_documented_shape(
+    client: TestClient, method: str, path: str, status: int, code: str
+) -> None:
+    _assert_refusal(client.request(method, path), status, code)
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"epsilon": 1000}, "epsilon"),
+        ({"iterations": 0}, "iterations"),
+        ({"iterations": "many"}, "iterations"),
+        ({"detectors": "retinaface"}, "detectors"),
+        ({"region_mode": [1]}, "region_mode"),
+    ],
+)
+def test_invalid_options_are_one_line_with_field_errors(
+    client: TestClient, options: dict, field: str
+) -> None:
+    body = _assert_refusal(
+        client.post("/api/jobs", json={"upload_id": "0" * 32, **options}), 422, "invalid_options"
+    )
+    assert body["detail"].startswith(f"{field}: ") and "\n" not in body["detail"]
+    assert [error["loc"][-1] for error in body["errors"]] == [field]
+
+
+def test_estimate_checks_the_same_bounds(client: TestClient) -> None:
+    for query in ({"epsilon": "1000"}, {"iterations": "0"}, {"iterations": "x"}):
+        response = client.get("/api/estimate", params={"upload_id": "0" * 32, **query})
+        body = _assert_refusal(response, 422, "invalid_options")
+        assert body["detail"].startswith(next(iter(query)))
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b"", b"[1, 2]", b'"text"', b'{"upload_id": 7}', b"\xff\xfe"]
+)
+def test_malformed_bodies_are_refused_in_shape(client: TestClient, body: bytes) -> None:
+    headers = {"content-type": "application/json"}
+    for path in ("/api/jobs", "/api/session"):
+        _assert_refusal(client.post(path, content=body, headers=headers), 422, "invalid_options")
+
+
+def test_openapi_documents_the_refusal() -> None:
+    app = create_app(Settings())
+    schema = app.openapi()
+    assert set(schema["components"]["schemas"]["Refusal"]["required"]) == {"detail", "code"}
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    assert schema["paths"]["/api/jobs"]["post"]["responses"]["4XX"]
