@@ -115,3 +115,12 @@ def test_openapi_documents_the_refusal() -> None:
     assert set(schema["components"]["schemas"]["Refusal"]["required"]) == {"detail", "code"}
     assert "HTTPValidationError" not in schema["components"]["schemas"]
     assert schema["paths"]["/api/jobs"]["post"]["responses"]["4XX"]
+
+
+def test_a_server_fault_keeps_the_shape(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    app = create_app(Settings(DEEPGUARD_DATA_DIR=data))
+    (data / "uploads").write_text("a file where the uploads folder should be")
+    client = TestClient(app, raise_server_exceptions=False)
+    response = client.post("/api/uploads", content=b"\xff\xd8\xff" * 10, headers=OCTETS)
+    _assert_refusal(response, 500, "internal_error")
