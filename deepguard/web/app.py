@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
+import secrets
 import shutil
 from collections.abc import AsyncIterator
 from http import HTTPStatus
@@ -167,13 +169,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # -- authentication -------------------------------------------------------------------
 
+    # the session cookie is an HMAC of the token under a key this process draws: a stolen
+    # cookie does not reveal the token, and a restart signs every browser out
+    session_key = secrets.token_bytes(32)
+
+    def session_value(token: str) -> str:
+        return hmac.new(session_key, token.encode(), hashlib.sha256).hexdigest()
+
     def authorized(headers: Any, cookies: dict[str, str]) -> bool:
         if not settings.api_token:
             return True
         header = headers.get("authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else None
-        given = given or cookies.get(SESSION_COOKIE)
-        return given is not None and hmac.compare_digest(given, settings.api_token)
+        if header.lower().startswith("bearer "):
+            return _same(header[7:].strip(), settings.api_token)
+        cookie = cookies.get(SESSION_COOKIE)
+        return cookie is not None and _same(cookie, session_value(settings.api_token))
 
     def require_token(request: Request) -> None:
         if not authorized(request.headers, request.cookies):
@@ -200,11 +210,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @public.post("/session", summary="Exchange the API token for a session cookie (browsers)")
     def session(body: Session, response: Response) -> dict[str, bool]:
-        if not settings.api_token or not hmac.compare_digest(body.token, settings.api_token):
+        if not settings.api_token or not _same(body.token, settings.api_token):
             raise ApiError(401, "unauthorized", "wrong API token")
         response.set_cookie(
             SESSION_COOKIE,
-            body.token,
+            session_value(settings.api_token),
             httponly=True,
             samesite="strict",
             secure=settings.preferred_url_scheme == "https",
@@ -476,6 +486,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison; as bytes, so any character a client sends is just wrong."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
 
 
 def _status_of(error: DeepguardError) -> tuple[int, str]:

@@ -6,6 +6,7 @@ with a string ``detail`` and a string ``code``.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,3 +125,37 @@ def test_a_server_fault_keeps_the_shape(tmp_path: Path) -> None:
     client = TestClient(app, raise_server_exceptions=False)
     response = client.post("/api/uploads", content=b"\xff\xd8\xff" * 10, headers=OCTETS)
     _assert_refusal(response, 500, "internal_error")
+
+
+def test_the_session_cookie_does_not_carry_the_token(tmp_path: Path) -> None:
+    token = "s3cret-token"
+    app = create_app(Settings(DEEPGUARD_DATA_DIR=tmp_path / "data", DEEPGUARD_API_TOKEN=token))
+    browser = TestClient(app, raise_server_exceptions=False)
+    _assert_refusal(browser.get("/api/jobs"), 401, "unauthorized")
+    assert browser.post("/api/session", json={"token": token}).status_code == 200
+    cookie = browser.cookies["deepguard_session"]
+    assert token not in cookie and len(cookie) == 64
+    assert browser.get("/api/jobs").status_code == 200  # the derived value is the session
+
+    thief = TestClient(app, raise_server_exceptions=False, cookies={"deepguard_session": token})
+    _assert_refusal(thief.get("/api/jobs"), 401, "unauthorized")  # the raw token is no cookie
+    other = create_app(Settings(DEEPGUARD_DATA_DIR=tmp_path / "data", DEEPGUARD_API_TOKEN=token))
+    restarted = TestClient(
+        other, raise_server_exceptions=False, cookies={"deepguard_session": cookie}
+    )
+    _assert_refusal(restarted.get("/api/jobs"), 401, "unauthorized")  # a new process, a new key
+    bearer = {"authorization": f"Bearer {token}"}
+    assert TestClient(app).get("/api/jobs", headers=bearer).status_code == 200
+
+
+@pytest.mark.parametrize("guess", ["s3crét", "\ud800", "x" * 10_000])
+def test_any_wrong_token_is_a_plain_refusal(tmp_path: Path, guess: str) -> None:
+    app = create_app(Settings(DEEPGUARD_DATA_DIR=tmp_path / "data", DEEPGUARD_API_TOKEN="s3cret"))
+    client = TestClient(app, raise_server_exceptions=False)
+    body = json.dumps({"token": guess}).encode()  # ASCII, with \u escapes
+    response = client.post(
+        "/api/session", content=body, headers={"content-type": "application/json"}
+    )
+    _assert_refusal(response, 401, "unauthorized")
+    header = {"authorization": b"Bearer " + guess.encode("utf-8", "surrogatepass")}
+    _assert_refusal(client.get("/api/jobs", headers=header), 401, "unauthorized")
