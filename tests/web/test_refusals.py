@@ -6,12 +6,14 @@ with a string ``detail`` and a string ``code``.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from deepguard.settings import Settings
 from deepguard.web.app import create_app
@@ -159,3 +161,13 @@ def test_any_wrong_token_is_a_plain_refusal(tmp_path: Path, guess: str) -> None:
     _assert_refusal(response, 401, "unauthorized")
     header = {"authorization": b"Bearer " + guess.encode("utf-8", "surrogatepass")}
     _assert_refusal(client.get("/api/jobs", headers=header), 401, "unauthorized")
+
+
+def test_an_image_whose_exif_breaks_the_parser_is_refused(client: TestClient) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "WEBP", exif=exif.tobytes())
+    broken = buffer.getvalue().replace(b"MM\x00*", b"\x13M\x00*")  # no longer a TIFF header
+    response = client.post("/api/uploads", content=broken, headers=OCTETS)
+    _assert_refusal(response, 422, "unreadable")
