@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         root_path=settings.root_path,
         lifespan=lifespan,
     )
+    app.state.settings = settings  # for tools that drive the app in-process (bench/fuzz_upload)
 
     def runner() -> JobRunner:
         return runner_holder["runner"]
