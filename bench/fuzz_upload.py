@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import io
+import logging
 import shutil
 import struct
 import sys
@@ -352,9 +353,15 @@ def run(
     cases: int, random_seed: int = 0, limit_s: float = 30.0, save: Path | None = None
 ) -> tuple[Counter, list[str]]:
     """``cases`` generated uploads: the count of each outcome, and a line per crash (its
-    input saved under ``save`` as ``crash-N.bin`` when given)."""
+    input saved under ``save`` as ``crash-N.bin`` when given). ``decoder:<error>`` counts
+    refusals that came from a decoder raising something unexpected (logged by the app,
+    counted here instead): not crashes, but bugs of the decoding code they went through."""
     counts: Counter = Counter()
     crashes: list[str] = []
+    decoder_log = logging.getLogger("deepguard.web.media")
+    counter = _DecoderErrors(counts)
+    decoder_log.addHandler(counter)
+    decoder_log.propagate = False
     with tempfile.TemporaryDirectory(prefix="deepguard-fuzz-") as folder, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # corrupt EXIF …
         client = make_client(Path(folder))
@@ -379,8 +386,22 @@ def run(
                     save.mkdir(parents=True, exist_ok=True)
                     (save / f"crash-{len(crashes)}.bin").write_bytes(data)
 
-        one()
+        try:
+            one()
+        finally:
+            decoder_log.removeHandler(counter)
+            decoder_log.propagate = True
     return counts, crashes
+
+
+class _DecoderErrors(logging.Handler):
+    def __init__(self, counts: Counter) -> None:
+        super().__init__()
+        self.counts = counts
+
+    def emit(self, record: logging.LogRecord) -> None:
+        kind = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else "?"
+        self.counts[f"decoder:{kind}"] += 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     counts, crashes = run(args.cases, args.seed, args.limit_s, args.save)
     for line in crashes:
         print(line)
+    for key, count in sorted(counts.items()):
+        if key.startswith("decoder:"):
+            print(f"refused after a decoder raised {key.split(':', 1)[1]}: {count}")
     print(
         f"upload: {counts['cases']} cases, {counts['refused']} clean refusals, "
         f"{counts['accepted']} successes, {counts['crash']} crashes "
