@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument(
         "--keep-metadata", action="store_true", help="keep EXIF (GPS included); stripped by default"
     )
-    protect.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    protect.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     _add_attack_options(protect)
     protect.set_defaults(handler=_protect)
 
@@ -554,6 +554,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_level(args: argparse.Namespace) -> int:
+    """-v: everything; -q: errors only (Ray's driver messages follow, see cluster.connect)."""
+    if args.verbose:
+        return logging.DEBUG
+    return logging.ERROR if getattr(args, "quiet", False) else logging.WARNING
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -561,10 +568,7 @@ def _interrupt(signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=_log_level(args), format="%(levelname)s %(name)s: %(message)s")
     handler: Handler = args.handler
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # `ray job stop`, `kill`: clean up like ^C

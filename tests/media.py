@@ -70,3 +70,28 @@ def make_clip(
                 packet.stream = copies[packet.stream.index]
                 out.mux(packet)
     return target
+
+
+def faststart_copy(source: Path, target: Path) -> Path:
+    """``source`` remuxed with its index (``moov``) at the front, as web-ready encoders write
+    it: cut short, such a file still lists every frame but holds only the first ones."""
+    with (
+        av.open(str(source)) as original,
+        av.open(str(target), "w", options={"movflags": "faststart"}) as out,
+    ):
+        copies = {s.index: out.add_stream_from_template(s) for s in original.streams}
+        for packet in original.demux():
+            if packet.dts is None:  # the demuxer's flush packets
+                continue
+            packet.stream = copies[packet.stream.index]
+            out.mux(packet)
+    return target
+
+
+def damaged_copy(source: Path, target: Path, garbage: int = 2000, seed: int = 0) -> Path:
+    """``source`` with ``garbage`` random bytes written over the middle of the file."""
+    data = bytearray(source.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + garbage] = np.random.default_rng(seed).bytes(garbage)
+    target.write_bytes(bytes(data))
+    return target

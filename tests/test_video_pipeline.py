@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import av
@@ -15,7 +16,7 @@ import pytest
 
 from deepguard.attack.config import load_preset
 from deepguard.attack.profiles import enabled_profiles
-from deepguard.errors import DeepguardError
+from deepguard.errors import DeepguardError, InputError
 from deepguard.settings import Settings
 from tests.media import make_clip
 
@@ -135,3 +136,56 @@ def test_unreachable_cluster_is_a_clear_error(clip, tmp_path):
     ray.shutdown()
     with pytest.raises(DeepguardError, match="cannot start or reach a Ray cluster"):
         connect(Settings(RAY_ADDRESS=f"127.0.0.1:{free_port()}"))
+
+
+def test_a_failing_stage_is_reported_once(cluster_address, clip, tmp_path, monkeypatch):
+    """The error reaches the caller, and no failed result is left unread for Ray to print
+    again later as an "Unhandled error" with the remote traceback (13 lines on a terminal)."""
+    from ray._private import worker
+
+    from deepguard.pipeline.video import VideoProtector
+
+    class Passthrough:  # defined here so Ray ships it by value; tracking and attack stand-in
+        def process(self, chunk):
+            chunk.protected = chunk.frames.copy()
+            chunk.stats = [{} for _ in range(len(chunk))]
+            return chunk
+
+    class RefuseSecondChunk:
+        def process(self, chunk):
+            if chunk.start > 0:
+                raise InputError("the second chunk is refused")
+            return chunk
+
+    @ray.remote
+    class Marker:
+        def fail(self):
+            raise RuntimeError("the mark")
+
+        def ping(self):
+            return None
+
+    unread: list[Exception] = []
+    monkeypatch.setattr(worker, "_unhandled_error_handler", unread.append)
+    stages = {"track": Passthrough, "poison": Passthrough, "smooth": RefuseSecondChunk}
+    protector = VideoProtector(_config(), Settings(RAY_ADDRESS=cluster_address), stages=stages)
+    try:
+        protector.protect(clip, tmp_path / "talk.protected.mp4")
+    except InputError as error:
+        assert str(error) == "the second chunk is refused"
+    else:
+        pytest.fail("the refused chunk did not fail the job")
+    assert not list(tmp_path.iterdir())
+    # Ray reports unread failures from a background thread, in the order they are dropped:
+    # a failure left unread on purpose, now, shows when every earlier one would have come
+    marker = Marker.remote()
+    mark = marker.fail.remote()
+    ray.get(marker.ping.remote())  # calls run in order: the mark has failed, still unread
+    del mark
+    for _ in range(600):
+        if unread:
+            break
+        time.sleep(0.1)
+    assert ["the mark" in str(error) for error in unread] == [True], [
+        str(error)[:300] for error in unread
+    ]

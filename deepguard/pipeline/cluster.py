@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import ray
@@ -26,6 +27,7 @@ def connect(settings: Settings) -> None:
     """Start or join Ray once per process; an unreachable cluster is a one-line error."""
     if ray.is_initialized():
         return
+    match_ray_log_level()
     address = settings.ray_address
     try:
         if address:
@@ -40,9 +42,22 @@ def connect(settings: Settings) -> None:
     log.info("ray resources: %s", ray.cluster_resources())
 
 
-def get_result(ref: ray.ObjectRef) -> Any:
+def match_ray_log_level() -> None:
+    """Ray logs on the driver (its token notice, say) at this program's level or above, so
+    ``deepguard protect -q`` prints nothing but errors; Ray itself logs at INFO and up."""
+    ours = logging.getLogger().getEffectiveLevel()
+    logging.getLogger("ray").setLevel(max(logging.INFO, ours))
+
+
+def get_result(ref: ray.ObjectRef, *siblings: ray.ObjectRef) -> Any:
     """``ray.get``, with a failure inside a task or actor turned back into the one-line error
-    the user should read (our own errors keep their type)."""
+    the user should read (our own errors keep their type).
+
+    ``siblings`` are the other results of the same call (``num_returns``), which fail with
+    it; they are waited for, not fetched, so none is left unread (see :func:`settle`).
+    """
+    if siblings:
+        settle([ref, *siblings], timeout_s=None)
     try:
         return ray.get(ref)
     except RayTaskError as error:
@@ -52,6 +67,18 @@ def get_result(ref: ray.ObjectRef) -> Any:
         raise DeepguardError(f"a pipeline stage failed: {cause!r}") from None
     except RayActorError as error:
         raise DeepguardError(f"a pipeline worker died: {error}") from None
+
+
+def settle(refs: Sequence[ray.ObjectRef], timeout_s: float | None = 30.0) -> None:
+    """Wait for ``refs`` without fetching them, which marks their failures as read.
+
+    Ray prints every failed result that is dropped unread as an "Unhandled error" with the
+    remote traceback, long after the one-line error the user should see. Results still
+    pending when a run is given up end at once when their actors are killed, so settle them
+    after that.
+    """
+    if refs:
+        ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s, fetch_local=False)
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from deepguard.pipeline.cluster import (
     cluster_devices,
     connect,
     get_result,
+    settle,
 )
 from deepguard.progress import VIDEO_STAGES, detector_phase
 from deepguard.settings import Settings, get_settings
@@ -110,7 +111,9 @@ class VideoProtector:
         progress: StageProgress | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        info = VideoSource(source_path, self.settings.max_image_pixels).info
+        source = VideoSource(source_path, self.settings.max_image_pixels)
+        source.validate()  # a corrupt or cut file is refused here, before any Ray work
+        info = source.info
         container = video_output_format(output_path, info)
         connect(self.settings)
         handle, partial = temporary_beside(output_path)
@@ -150,6 +153,9 @@ class _Run:
         self.pts: list[int] = []
         self.actors: list[ray.actor.ActorHandle] = []
         self.remux: ray.actor.ActorHandle | None = None
+        # the loops' results in flight (refs, or pairs of refs from one call): what a failed
+        # run leaves in them is settled once the actors are gone
+        self.unsettled: list[Collection] = []
         cpus, gpus = cluster_devices()
         self.device = cluster_device(self.settings, gpus)
         if self.device == "cuda":  # several attack actors share each card
@@ -205,6 +211,8 @@ class _Run:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
+        settle(_flatten(self.unsettled))
+        self.unsettled = []
 
     def abort(self) -> None:
         if self.remux is not None:
@@ -218,15 +226,16 @@ class _Run:
     def protect(self) -> list[dict[str, Any]]:
         """Stream every chunk through the stages; returns one report row per frame."""
         window = self.pool_size + 2  # chunks in flight: enough to keep the pool busy
-        in_flight: deque[ray.ObjectRef] = deque()
+        in_flight: deque[tuple[ray.ObjectRef, ray.ObjectRef]] = deque()
         watched: list[ray.ObjectRef] = []
+        self.unsettled += [in_flight, watched]
         rows: list[dict[str, Any]] = []
         submitted = 0
         finished = False
         while not finished or in_flight:
             while not finished and len(in_flight) < window:
                 decoded, chunk = self.decoder.next.options(num_returns=2).remote()
-                record = self._get(decoded)
+                record = self._get(decoded, chunk)
                 if not record["frames"]:
                     finished = True
                     break
@@ -238,10 +247,10 @@ class _Run:
                 written, stats = self.remux.process.options(num_returns=2).remote(chunk)
                 in_flight.append((written, stats))
                 submitted += 1
-            watched = self._poll(watched)
+            self._poll(watched)
             if in_flight and (finished or len(in_flight) >= window):
                 written, stats = in_flight.popleft()
-                self._advance(self._get(written))
+                self._advance(self._get(written, stats))
                 rows += self._get(stats)
         self._poll(watched, wait=True)
         frames = self._get(self.remux.close.remote())
@@ -262,17 +271,16 @@ class _Run:
             totals[1] += after
             self.progress(detector_phase("faces", name), totals[1], totals[0])
 
-    def _poll(self, refs: list[ray.ObjectRef], wait: bool = False) -> list[ray.ObjectRef]:
-        """Account for finished stage calls; returns the ones still running."""
+    def _poll(self, refs: list[ray.ObjectRef], wait: bool = False) -> None:
+        """Account for finished stage calls; ``refs`` keeps the ones still running."""
         if not refs:
-            return refs
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
+            return
+        ready, refs[:] = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
         for ref in ready:
             self._advance(self._get(ref))
-        return pending
 
-    def _get(self, ref: ray.ObjectRef) -> Any:
-        return get_result(ref)
+    def _get(self, ref: ray.ObjectRef, *siblings: ray.ObjectRef) -> Any:
+        return get_result(ref, *siblings)
 
     # -- verification on the written file --------------------------------------------------
 
@@ -289,6 +297,7 @@ class _Run:
             ray.kill(actor)  # done with; free their CPUs and memory for the verify pool
         pool = [self._stage("verify", verify, False, heavy=True) for _ in range(self.pool_size)]
         pending: deque[tuple[ray.ObjectRef, ray.ObjectRef]] = deque()
+        self.unsettled.append(pending)
         written_pts: list[int] = []
         for index, chunk in enumerate(source.chunks()):
             written_pts += chunk.pts.tolist()
@@ -301,7 +310,7 @@ class _Run:
             raise DeepguardError("the written video's frame timestamps differ from the input's")
 
     def _collect(self, refs: tuple[ray.ObjectRef, ray.ObjectRef], rows: list[dict]) -> None:
-        record, chunk = (self._get(ref) for ref in refs)
+        record, chunk = self._get(*refs), self._get(refs[1])
         self._advance(record)
         for offset, stats in enumerate(chunk.stats):
             rows[chunk.start + offset].update(stats)
@@ -372,6 +381,12 @@ class _Run:
         before, after = _per_tool(rows, "tools_before"), _per_tool(rows, "tools_after")
         profiles = enabled_profiles(self.config.tools)
         return tool_summary(profiles, self.config.detectors, before, after)
+
+
+def _flatten(collections: list[Collection]) -> list[ray.ObjectRef]:
+    """The refs in collections of refs and of pairs of refs."""
+    return [ref for refs in collections for item in refs
+            for ref in (item if isinstance(item, tuple) else (item,))]  # fmt: skip
 
 
 def _per_tool(rows: list[dict[str, Any]], key: str) -> ToolCounts:

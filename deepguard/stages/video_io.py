@@ -84,6 +84,8 @@ def probe_video(path: Path, max_pixels: int, container_format: str | None = None
                 raise InputError(f"{path.name}: has no video stream")
             stream = container.streams.video[0]
             context = stream.codec_context
+            if context is None:  # FFmpeg has no decoder for the stream's codec tag
+                raise InputError(f"{path.name}: the video's codec is unknown")
             width, height = context.width, context.height
             if width <= 0 or height <= 0:
                 raise InputError(f"{path.name}: video stream has no picture size")

@@ -2,27 +2,34 @@
 
 Everything the page does goes through the documented API (``/docs``, ``/openapi.json``):
 upload → estimate → start a job → follow it over a WebSocket → compare, download, delete.
-Errors are JSON ``{"detail": message, "code": code}``; the page shows ``detail``, translated
-by ``code`` where it has a translation.
+Every refusal (status 400 and up), ours or FastAPI's own (an unknown path, a wrong method, a
+request that fails validation), is JSON ``{"detail": message, "code": code}``, both strings;
+the page shows ``detail``, translated by ``code`` where it has a translation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
+import secrets
 import shutil
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, WebSocket
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
 from deepguard import __version__
@@ -77,6 +84,20 @@ class Session(BaseModel):
     token: str
 
 
+class Refusal(BaseModel):
+    """Every refusal, whatever refused it: a message, and a stable code to translate."""
+
+    detail: str = Field(description="one line, in English")
+    code: str = Field(description="e.g. unsupported_type, invalid_options, not_found")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="invalid_options from validation: each field's error (loc, msg, type)"
+    )
+
+
+#: documented on every API route (it also replaces FastAPI's own 422 schema)
+_REFUSALS: dict[int | str, dict[str, Any]] = {"4XX": {"model": Refusal, "description": "refused"}}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app, with its own job store, runner and metrics (tests build several)."""
     settings = settings or get_settings()
@@ -109,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         root_path=settings.root_path,
         lifespan=lifespan,
     )
+    app.state.settings = settings  # for tools that drive the app in-process (bench/fuzz_upload)
 
     def runner() -> JobRunner:
         return runner_holder["runner"]
@@ -124,22 +146,52 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status, code = _status_of(error)
         return JSONResponse({"detail": str(error), "code": code}, status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        """Routing's own refusals (no such path, wrong method) in the same shape."""
+        body = {"detail": str(error.detail), "code": _code_of(error.status_code)}
+        return JSONResponse(body, error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        """A wrong type, an out-of-range option or a body that is not JSON: one line in
+        ``detail``, and each field's error in ``errors``."""
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in error.errors()
+        ]
+        body = {"detail": _summary(errors), "code": "invalid_options", "errors": errors}
+        return JSONResponse(jsonable_encoder(body), 422)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_request: Request, _error: Exception) -> JSONResponse:
+        """A bug: the shape holds, the details stay in the server's log."""
+        return JSONResponse({"detail": "internal server error", "code": "internal_error"}, 500)
+
     # -- authentication -------------------------------------------------------------------
+
+    # the session cookie is an HMAC of the token under a key this process draws: a stolen
+    # cookie does not reveal the token, and a restart signs every browser out
+    session_key = secrets.token_bytes(32)
+
+    def session_value(token: str) -> str:
+        return hmac.new(session_key, token.encode(), hashlib.sha256).hexdigest()
 
     def authorized(headers: Any, cookies: dict[str, str]) -> bool:
         if not settings.api_token:
             return True
         header = headers.get("authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else None
-        given = given or cookies.get(SESSION_COOKIE)
-        return given is not None and hmac.compare_digest(given, settings.api_token)
+        if header.lower().startswith("bearer "):
+            return _same(header[7:].strip(), settings.api_token)
+        cookie = cookies.get(SESSION_COOKIE)
+        return cookie is not None and _same(cookie, session_value(settings.api_token))
 
     def require_token(request: Request) -> None:
         if not authorized(request.headers, request.cookies):
             raise ApiError(401, "unauthorized", "an API token is required (DEEPGUARD_API_TOKEN)")
 
-    api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
-    public = APIRouter(prefix="/api")
+    api = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=_REFUSALS)
+    public = APIRouter(prefix="/api", responses=_REFUSALS)
 
     # -- public endpoints -----------------------------------------------------------------
 
@@ -159,11 +211,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @public.post("/session", summary="Exchange the API token for a session cookie (browsers)")
     def session(body: Session, response: Response) -> dict[str, bool]:
-        if not settings.api_token or not hmac.compare_digest(body.token, settings.api_token):
+        if not settings.api_token or not _same(body.token, settings.api_token):
             raise ApiError(401, "unauthorized", "wrong API token")
         response.set_cookie(
             SESSION_COOKIE,
-            body.token,
+            session_value(settings.api_token),
             httponly=True,
             samesite="strict",
             secure=settings.preferred_url_scheme == "https",
@@ -208,14 +260,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         region_mode: bool | None = None,
     ) -> dict[str, Any]:
         names = [n for n in (detectors or "").split(",") if n] or None
-        request = JobRequest(
-            upload_id=upload_id,
-            preset=preset,
-            detectors=names,
-            epsilon=epsilon,
-            iterations=iterations,
-            region_mode=region_mode,
-        )
+        try:  # the bounds of POST /api/jobs hold here too
+            request = JobRequest(
+                upload_id=upload_id,
+                preset=preset,
+                detectors=names,
+                epsilon=epsilon,
+                iterations=iterations,
+                region_mode=region_mode,
+            )
+        except ValidationError as error:
+            raise RequestValidationError(error.errors(include_url=False)) from None
         upload, config = resolve(request)
         return expected(upload, config).as_dict()
 
@@ -434,6 +489,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison; as bytes, so any character a client sends is just wrong."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+
+
 def _status_of(error: DeepguardError) -> tuple[int, str]:
     if isinstance(error, UploadTooLarge):
         return 413, "too_large"
@@ -444,6 +504,31 @@ def _status_of(error: DeepguardError) -> tuple[int, str]:
     if isinstance(error, QueueFull):
         return 429, "queue_full"
     return 400, "invalid_options"
+
+
+def _code_of(status: int) -> str:
+    """``not_found``, ``method_not_allowed``, …: the status's own name."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "http_error"
+    return phrase.lower().replace(" ", "_").replace("-", "_")
+
+
+#: where FastAPI says a field came from: left out of the one-line summary
+_LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+def _summary(errors: list[dict[str, Any]]) -> str:
+    """``epsilon: Input should be less than or equal to 32; …``, as the CLI words it."""
+    parts = []
+    for error in errors:
+        loc = error["loc"]
+        field = ".".join(str(p) for p in loc if p not in _LOCATIONS)
+        if error["type"] == "json_invalid" or not field:  # a character offset, or nothing
+            field = str(loc[0]) if loc else "request"
+        parts.append(f"{field}: {error['msg']}")
+    return "; ".join(parts) or "invalid request"
 
 
 async def _clean_periodically(settings: Settings, store: JobStore) -> None:

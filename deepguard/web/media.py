@@ -8,6 +8,7 @@ upload, with a message the dashboard can show.
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +22,8 @@ from deepguard.errors import InputError
 from deepguard.stages.decode import VideoSource
 from deepguard.stages.image_io import read_image
 from deepguard.stages.video_io import VIDEO_SUFFIXES, media_error, probe_video, to_display
+
+log = logging.getLogger(__name__)
 
 #: ISO base media brands that mean QuickTime rather than MP4
 _QUICKTIME_BRANDS = (b"qt  ",)
@@ -61,14 +64,28 @@ def sniff(head: bytes) -> tuple[str, str] | None:
 
 
 def inspect(path: Path, max_pixels: int) -> MediaInfo:
-    """Decode enough of ``path`` (named by :func:`sniff`) to trust it; raise InputError if not."""
+    """Decode ``path`` (named by :func:`sniff`) to trust it; raise InputError if not.
+
+    Uploads are hostile bytes: whatever a decoder raises on them (a SyntaxError from
+    Pillow's EXIF parser, say) refuses the file, and the server's log keeps the traceback.
+    """
+    try:
+        return _inspect(path, max_pixels)
+    except InputError:
+        raise
+    except Exception as error:
+        log.warning("%s: refused after a decoder error", path, exc_info=True)
+        raise InputError(f"{path.name}: not a readable file ({type(error).__name__})") from None
+
+
+def _inspect(path: Path, max_pixels: int) -> MediaInfo:
     if path.suffix in VIDEO_SUFFIXES:
-        info = probe_video(path, max_pixels)
-        first = next(iter(VideoSource(path, max_pixels, chunk_size=1).frames()), None)
-        if first is None:  # frames() raises for an empty or corrupt stream; belt and braces
-            raise InputError(f"{path.name}: the video has no frames")
-        height, width = first[0].shape[:2]
-        frames = info.frames or round((info.duration_s or 0) * info.fps) or 1
+        source = VideoSource(path, max_pixels)
+        frames = source.validate()  # every frame decodes: a cut or damaged clip goes here
+        info = source.info
+        width, height = (
+            (info.height, info.width) if info.rotation % 180 else (info.width, info.height)
+        )
         return MediaInfo(
             "video",
             path.suffix,

@@ -146,6 +146,13 @@ def test_truncated_video_is_refused(clip_with_audio, tmp_path):
             pass
 
 
+def test_unknown_codec_is_refused(clip_with_audio, tmp_path):
+    renamed = tmp_path / "odd.mp4"
+    renamed.write_bytes(clip_with_audio.read_bytes().replace(b"avc1", b"zzzz"))
+    with pytest.raises(InputError, match="codec is unknown"):
+        open_source(renamed, MAX_PIXELS)
+
+
 def test_file_without_video_stream_is_refused(clip_with_audio, tmp_path):
     target = tmp_path / "voice.mp4"
     with av.open(str(clip_with_audio)) as src, av.open(str(target), "w") as out:
