@@ -123,11 +123,14 @@ class AttackConfig(BaseModel):
         0.8, gt=0, le=1, description="proposal threshold, as a fraction of each detector's"
     )
     # early stop, quality recovery, verify and repair on the encoded output
+    check_every: int = Field(
+        2, ge=1, description="iterations between delivery checks (sooner if the free check passes)"
+    )
     patience: int = Field(
-        4,
+        0,
         ge=0,
         description="end a round once the summed score loss has not reached a new low for this "
-        "many iterations (0: never); the repair rounds still run",
+        "many iterations (0: never; 4 cost protection on the clip frames, see README)",
     )
     plateau_tolerance: float = Field(
         0.02, ge=0, lt=1, description="a new low must beat the best so far by this fraction"
@@ -148,11 +151,12 @@ class AttackConfig(BaseModel):
     shrink_steps: int = Field(3, ge=0, description="bisection steps shrinking the perturbation")
     repair_rounds: int = Field(3, ge=0)
     give_up_ratio: float | None = Field(
-        0.1,
+        None,
         gt=0,
         lt=1,
-        description="a detector still finding a face whose loss fell by less than this "
-        "fraction over the last two rounds is left out of the later repair rounds (None: off)",
+        description="off by default (it cost protection): a detector still finding a face "
+        "whose loss fell by less than this fraction over the last two rounds is left out of "
+        "the later repair rounds",
     )
     repair_iterations: int = Field(5, ge=1)
     output_jpeg_quality: int = Field(92, ge=50, le=100)

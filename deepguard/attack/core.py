@@ -368,8 +368,8 @@ class FacePoison:
         once the loss has stopped falling (more of the same steps would be wasted).
 
         The delivery check (codec round-trip, re-compression, every look) is dear; it runs
-        only when this iteration's own passes saw every look below ``verify_margin`` of its
-        threshold, which costs nothing."""
+        every ``check_every`` iterations, and sooner when this iteration's own passes saw every
+        look below ``verify_margin`` of its threshold, which costs nothing."""
         config = self.config
         best, since_best = float("inf"), 0
         for step in range(1, budget + 1):
@@ -438,9 +438,10 @@ class FacePoison:
             stepped = run.delta - config.step * direction.sign()
             stepped = torch.maximum(torch.minimum(stepped, run.bound), -run.bound)
             run.delta = ((run.x + stepped).clamp(0, 255) - run.x) * run.mask
+            due = step % config.check_every == 0 or self._looks_clear(run)
             if (
                 step >= config.min_iterations
-                and self._looks_clear(run)
+                and due
                 and not self._visible_after_delivery(run, run.delta)
             ):
                 log.debug("hidden after delivery at iteration %d", run.iterations)
