@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from deepguard.attack.metrics import ssim
+from deepguard.attack.transforms import resize
 from deepguard.cli import main
 from deepguard.settings import get_settings
 from deepguard.stages.poison import PoisonStage
@@ -102,6 +104,24 @@ def test_ssim_fits_its_window_to_small_images() -> None:
         noisy = np.clip(clean + rng.integers(-40, 41, shape), 0, 255).astype(np.uint8)
         assert ssim(clean, clean) == pytest.approx(1.0)
         assert 0 < ssim(clean, noisy) < 1
+
+
+def test_resizing_a_sliver_keeps_one_pixel() -> None:
+    """The attack's random rescale of a 1-pixel-high image must not make it 0 pixels high."""
+    sliver = torch.rand(1, 3, 1, 1000)
+    assert resize(sliver, 0.8).shape == (1, 3, 1, 800)
+    assert resize(sliver.transpose(2, 3), 0.5).shape == (1, 3, 500, 1)
+
+
+def test_an_image_named_as_a_video_is_refused_before_ray(
+    photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "clip.mp4"
+    source.write_bytes(photo.read_bytes())  # FFmpeg reads PNG too, but this is no MP4
+    code, error = protect(capsys, str(source), "-o", str(tmp_path / "out.mp4"))
+    assert code == 2
+    assert_one_line(error, "clip.mp4", "not a readable video")
+    assert not (tmp_path / "out.mp4").exists()
 
 
 def test_a_failure_after_the_attack_leaves_no_output(
