@@ -97,37 +97,27 @@ def _protect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from deepguard.models.registry import get_spec
-    from deepguard.pipeline.protect import ProtectOptions, Protector, default_output
-    from deepguard.stages.image_io import IMAGE_SUFFIXES
-    from deepguard.stages.video_io import VIDEO_SUFFIXES
+    from deepguard.pipeline.jobs import JobStore, TrackedJob
+    from deepguard.pipeline.protect import ProtectOptions, Protector
+    from deepguard.pipeline.targets import plan_targets
+    from deepguard.settings import get_settings
 
     config = _attack_config(args)
     for name in config.detectors:
         get_spec(name)
-    source = Path(args.input)
-    if source.is_dir():
-        suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
-        inputs = sorted(p for p in source.iterdir() if p.suffix.lower() in suffixes)
-        if not inputs:
-            raise DeepguardError(f"{source}: no JPEG, PNG, WebP, MP4 or MOV files to protect")
-        out_dir = Path(args.output) if args.output else source / "protected"
-        jobs = [(path, out_dir / path.name) for path in inputs]
-        reports = Path(args.report) if args.report else None
-        report_for = {path: reports / f"{path.stem}.json" if reports else None for path in inputs}
-    else:
-        output = Path(args.output) if args.output else default_output(source)
-        jobs = [(source, output)]
-        report_for = {source: Path(args.report) if args.report else None}
-    from deepguard.pipeline.jobs import JobStore, TrackedJob
-    from deepguard.settings import get_settings
-
+    targets = plan_targets(
+        Path(args.input),
+        Path(args.output) if args.output else None,
+        Path(args.report) if args.report else None,
+        args.overwrite,
+    )
     protector = Protector(config)
     store = JobStore(get_settings().job_db_path)
     parameters = config.model_dump(mode="json")
-    failures = 0
-    for path, output in jobs:
-        bar = _progress_bar(path.name, args.quiet)
-        tracked = TrackedJob.new(store, "cli", path, output, parameters)
+    refused = 0
+    for target in targets:
+        bar = _progress_bar(target.source.name, args.quiet)
+        tracked = TrackedJob.new(store, "cli", target.source, target.output, parameters)
 
         def progress(stage: str, done: int, total: int, bar=bar, tracked=tracked) -> None:
             tracked.progress(stage, done, total)
@@ -136,20 +126,22 @@ def _protect(args: argparse.Namespace) -> int:
 
         try:
             with tracked:
-                options = ProtectOptions(args.keep_metadata, report_for[path])
-                report = tracked.report = protector.protect(path, output, options, progress)
+                options = ProtectOptions(args.keep_metadata, target.report)
+                report = tracked.report = protector.protect(
+                    target.source, target.output, options, progress
+                )
         except DeepguardError as error:
-            if len(jobs) == 1:
+            if len(targets) == 1:
                 raise
-            failures += 1
+            refused += 1  # a folder goes on with its other files
             print(f"deepguard: error: {error}", file=sys.stderr)
             continue
         finally:
             if bar:
                 bar.close()
         if not args.quiet:
-            print(_verdict(output, report))
-    return 1 if failures else 0
+            print(_verdict(target.output, report))
+    return 2 if refused else 0
 
 
 def _verdict(output, report: dict) -> str:
@@ -415,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument(
         "--keep-metadata", action="store_true", help="keep EXIF (GPS included); stripped by default"
     )
+    protect.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="allow OUT to be IN itself (or a link to it): the original is replaced",
+    )
     protect.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     _add_attack_options(protect)
     protect.set_defaults(handler=_protect)
@@ -573,6 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # `ray job stop`, `kill`: clean up like ^C
     try:
+        from deepguard.settings import get_settings
+
+        get_settings()  # a bad variable is one line naming it, whatever the command
         return handler(args)
     except DeepguardError as error:
         print(f"deepguard: error: {error}", file=sys.stderr)

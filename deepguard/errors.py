@@ -7,3 +7,11 @@ class DeepguardError(RuntimeError):
 
 class InputError(DeepguardError):
     """The input file cannot be protected: wrong type, corrupt, too large, unsupported."""
+
+
+class OutputError(DeepguardError):
+    """The output cannot be written: no such folder, no permission, a full disk."""
+
+
+class SettingsError(DeepguardError):
+    """An environment variable or ``.env`` entry has a value deepguard cannot use."""

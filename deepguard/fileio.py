@@ -1,10 +1,16 @@
-"""Atomic file writes: a crash never leaves a half-written file that looks finished."""
+"""Atomic file writes: a crash never leaves a half-written file that looks finished.
+
+A write that fails (no permission, a full disk, a file where a folder should be) is an
+:class:`~deepguard.errors.OutputError`: one line for the user, and nothing left behind.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+from deepguard.errors import OutputError
 
 
 def default_file_mode() -> int:
@@ -14,14 +20,48 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def write_error(path: Path, error: OSError) -> OutputError:
+    """One line for a write that the system refused, e.g. ``out.jpg: cannot write (No space
+    left on device)``."""
+    reason = error.strerror or str(error) or type(error).__name__
+    return OutputError(f"{path}: cannot write ({reason})")
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (``.`` for a relative path)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, an output that cannot be written: a folder in its place, a
+    file where a folder should be, a folder we may not write to (checked by creating and
+    removing a hidden file there, which also catches read-only mounts)."""
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; name a file to write")
+    folder = _nearest_existing(path.parent)
+    if not folder.is_dir():
+        raise OutputError(f"{path}: cannot write ({folder} is not a folder)")
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".deepguard-", suffix=".part", dir=folder):
+            pass
+    except OSError as error:
+        raise write_error(path, error) from None
+
+
 def temporary_beside(path: Path) -> tuple[int, Path]:
     """An open descriptor and name for a hidden temporary file next to ``path``.
 
     ``mkstemp`` creates files readable by the owner only; results are meant to be shared,
     so the temporary gets the usual permissions before it is renamed into place.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as error:
+        raise write_error(path, error) from None
     os.fchmod(handle, default_file_mode())
     return handle, Path(name)
 
@@ -35,6 +75,9 @@ def write_atomically(path: Path, data: bytes) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, error) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

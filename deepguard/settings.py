@@ -11,8 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deepguard.errors import SettingsError
 
 
 class Settings(BaseSettings):
@@ -148,5 +150,21 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Process-wide settings, read once."""
-    return Settings()
+    """Process-wide settings, read once; a bad value is a :class:`SettingsError` that names
+    the variable, so the user reads one line instead of pydantic's report."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(settings_problems(error)) from None
+
+
+def settings_problems(error: ValidationError) -> str:
+    """``DEEPGUARD_X='abc': input should be …`` for every bad variable, on one line."""
+    problems = []
+    for problem in error.errors():
+        name = ".".join(str(part) for part in problem["loc"]) or "settings"
+        value = problem.get("input")
+        shown = f"={value!r}" if isinstance(value, str | int | float) else ""
+        message = problem["msg"][:1].lower() + problem["msg"][1:]
+        problems.append(f"{name}{shown}: {message}")
+    return "bad setting: " + "; ".join(problems)

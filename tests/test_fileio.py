@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from deepguard.fileio import default_file_mode, write_atomically
+from deepguard.errors import OutputError
+from deepguard.fileio import check_writable, default_file_mode, write_atomically
 
 
 def test_write_lands_whole_with_default_permissions(tmp_path: Path) -> None:
@@ -28,7 +29,24 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OutputError, match=r"result.jpg: cannot write \(No space left on device\)"):
         write_atomically(target, b"half of a new result")
     assert target.read_bytes() == b"previous result"
     assert [p.name for p in tmp_path.iterdir()] == ["result.jpg"]
+
+
+def test_check_writable_refuses_what_a_write_would_fail_on(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("a file, not a folder")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(OutputError, match="not a folder"):
+        check_writable(tmp_path / "afile" / "deeper" / "out.jpg")
+    with pytest.raises(OutputError, match="is a folder"):
+        check_writable(tmp_path / "folder")
+    check_writable(tmp_path / "new" / "sub" / "out.jpg")  # folders to be made are fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder"]  # nothing made
+
+
+def test_a_write_under_a_file_is_an_output_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("a file, not a folder")
+    with pytest.raises(OutputError, match=r"out\.jpg: cannot write"):
+        write_atomically(tmp_path / "afile" / "out.jpg", b"data")

@@ -25,9 +25,14 @@ def _luma(image: np.ndarray) -> torch.Tensor:
 
 
 def ssim(clean: np.ndarray, protected: np.ndarray) -> float:
-    """Structural similarity on luma, Gaussian window 11×11, σ = 1.5 (Wang et al. 2004)."""
+    """Structural similarity on luma, Gaussian window 11×11, σ = 1.5 (Wang et al. 2004).
+
+    An image narrower than the window gets the largest odd window that fits (1×1 for a
+    one-pixel side), with the same σ: a thumbnail still has a similarity to report."""
     a, b = _luma(clean), _luma(protected)
-    coords = torch.arange(11, dtype=torch.float64) - 5
+    size = min(11, *a.shape[-2:])
+    size -= 1 - size % 2  # odd, so the window has a centre
+    coords = torch.arange(size, dtype=torch.float64) - size // 2
     gauss = torch.exp(-(coords**2) / (2 * 1.5**2))
     window = (gauss[:, None] * gauss[None, :] / gauss.sum() ** 2)[None, None]
 

@@ -121,6 +121,12 @@ def resize(x: Tensor, scale: float) -> Tensor:
     """Bilinear resize by ``scale`` (antialiased when shrinking), as image tools do."""
     if scale == 1.0:
         return x
+    height, width = x.shape[-2:]
+    if int(height * scale) < 1 or int(width * scale) < 1:  # a side of a pixel or two: keep 1
+        size = (max(1, int(height * scale)), max(1, int(width * scale)))
+        return F.interpolate(
+            x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1
+        )
     return F.interpolate(
         x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1
     )

@@ -35,11 +35,6 @@ class ProtectOptions:
     report_path: Path | None = None
 
 
-def default_output(path: Path) -> Path:
-    """``photo.jpg`` → ``photo.protected.jpg``: predictable, never overwrites the input."""
-    return path.with_name(f"{path.stem}.protected{path.suffix}")
-
-
 class Protector:
     """Keeps one loaded ensemble for many files (a folder, the watch folder, a worker)."""
 
@@ -90,8 +85,9 @@ class Protector:
             chunk.frames, roundtrip=sink.roundtrip, progress=progress
         )
         poisoned = time.perf_counter()
-        protected = sink.write(result.frames)
-        written = time.perf_counter()
+        data, protected = sink.encode(result.frames)
+        encoded = time.perf_counter()
+        # everything that could still fail runs before the file is written
         tools = self._tool_rows(chunk.frames, protected, result)
         checked = time.perf_counter()
         clean = chunk.frames[0]
@@ -125,13 +121,19 @@ class Protector:
                 "decode": round(decoded - started, 3),
                 **{key: round(value, 3) for key, value in result.timings.items()},
                 "poison": round(poisoned - decoded, 3),
-                "encode": round(written - poisoned, 3),
-                "tools": round(checked - written, 3),
+                "encode": round(encoded - poisoned, 3),
+                "tools": round(checked - encoded, 3),
                 "total": round(checked - started, 3),
             },
         }
         if options.report_path:
             write_atomically(options.report_path, json.dumps(report, indent=2).encode())
+        try:
+            sink.save(data)
+        except BaseException:
+            if options.report_path:  # no report of an output that was not written
+                options.report_path.unlink(missing_ok=True)
+            raise
         return report
 
     def _tool_rows(

@@ -7,6 +7,7 @@ keeps every frame's timestamp and turns frames to display orientation.
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from deepguard.stages.video_io import (
     to_display,
 )
 
-__all__ = ["Chunk", "ImageSource", "VideoSource", "open_source"]
+__all__ = ["Chunk", "ImageSource", "VideoSource", "check_input_file", "open_source"]
 
 
 class ImageSource:
@@ -56,7 +57,7 @@ class VideoSource:
         """(RGB frame in display orientation, pts, duration) for every frame, in order."""
         decoded = 0
         try:
-            with av.open(str(self.path)) as container:
+            with av.open(str(self.path), format=self.info.container) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 previous: av.VideoFrame | None = None
@@ -130,12 +131,35 @@ def _chunk(start: int, rows: list[tuple[np.ndarray, int, int]]) -> Chunk:
     return Chunk(start, np.stack(frames), np.array(pts, np.int64), np.array(durations, np.int64))
 
 
+def check_input_file(path: Path) -> None:
+    """Refuse what is not a readable regular file before anything opens it: reading a FIFO
+    or a device named ``x.jpg`` would wait or read for ever."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{path}: is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path}: not a regular file ({_file_kind(mode)})")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character "
+             "device", stat.S_ISBLK: "a block device"}  # fmt: skip
+    return next((kind for test, kind in kinds.items() if test(mode)), "not a file")
+
+
 def open_source(path: Path, max_pixels: int, chunk_size: int = 16) -> ImageSource | VideoSource:
     """The right source for ``path``, or an :class:`InputError` that says why not."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a file")
+    check_input_file(path)
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
         return ImageSource(path, max_pixels)

@@ -9,7 +9,6 @@ lands atomically.
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,10 @@ from deepguard.errors import InputError
 READ_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 WRITE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
 IMAGE_SUFFIXES = frozenset(WRITE_FORMATS)
+# Pillow's own decompression-bomb guard is a fixed 89 M pixels, reported as an unreadable
+# file. read_image checks every image against DEEPGUARD_MAX_IMAGE_PIXELS itself, from the
+# header and before any pixel is decoded, and says so.
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass
@@ -45,32 +48,32 @@ def _png_bit_depth(path: Path) -> int | None:
 def read_image(path: Path, max_pixels: int) -> StillImage:
     """Decode an image file for protection, or raise :class:`InputError` saying why not."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-            if image.format not in READ_FORMATS:
-                raise InputError(
-                    f"{path.name}: {image.format} images are not supported; use JPEG, PNG or WebP"
-                )
-            width, height = image.size
-            if width * height > max_pixels:
-                raise InputError(
-                    f"{path.name}: {width}×{height} pixels exceeds the limit of {max_pixels:,} "
-                    f"(DEEPGUARD_MAX_IMAGE_PIXELS)"
-                )
-            if image.mode == "CMYK":
-                raise InputError(f"{path.name}: CMYK images are not supported; convert to RGB")
-            if image.mode.startswith(("I", "F")) or _png_bit_depth(path) == 16:
-                raise InputError(
-                    f"{path.name}: 16-bit or floating-point images are not supported; "
-                    f"save as 8 bits per channel"
-                )
-            image.load()
+        image = Image.open(path)
+        if image.format not in READ_FORMATS:
+            raise InputError(
+                f"{path.name}: {image.format} images are not supported; use JPEG, PNG or WebP"
+            )
+        width, height = image.size
+        if width * height > max_pixels:
+            raise InputError(
+                f"{path.name}: {width}×{height} pixels exceeds the limit of {max_pixels:,} "
+                f"(DEEPGUARD_MAX_IMAGE_PIXELS)"
+            )
+        if image.mode == "CMYK":
+            raise InputError(f"{path.name}: CMYK images are not supported; convert to RGB")
+        if image.mode.startswith(("I", "F")) or _png_bit_depth(path) == 16:
+            raise InputError(
+                f"{path.name}: 16-bit or floating-point images are not supported; "
+                f"save as 8 bits per channel"
+            )
+        image.load()
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except UnidentifiedImageError:
         raise InputError(f"{path.name}: not a readable image") from None
     except OSError as error:
+        if error.errno is not None:  # the file system refused (permissions), not the decoder
+            raise InputError(f"{path.name}: cannot read ({error.strerror})") from None
         raise InputError(f"{path.name}: corrupt or truncated image ({error})") from None
     source_format = str(image.format)
     exif = image.info.get("exif")

@@ -59,11 +59,14 @@ class ImageSink:
             return frames
         return np.stack([decode_rgb(self._encode(frame)) for frame in frames])
 
-    def write(self, frames: np.ndarray) -> np.ndarray:
-        """Save the frame; returns what a viewer decodes from the file that was written."""
+    def encode(self, frames: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """The file's bytes for the frame, and what a viewer decodes from them."""
         data = self._encode(frames[0])
+        return data, decode_rgb(data) if self.format == "JPEG" else frames[0]
+
+    def save(self, data: bytes) -> None:
+        """Write the encoded file into place, atomically."""
         write_atomically(self.path, data)
-        return decode_rgb(data) if self.format == "JPEG" else frames[0]
 
 
 def video_output_format(path: Path, info: VideoInfo) -> str:
@@ -87,7 +90,7 @@ class VideoSink:
         self.info = info
         self.partial = partial
         self.frames_written = 0
-        self.source = av.open(str(info.path))
+        self.source = av.open(str(info.path), format=info.container)
         self.output = av.open(str(partial), "w", format=container_format)
         try:
             self.output.metadata.update(self.source.metadata)

@@ -79,7 +79,7 @@ def probe_video(path: Path, max_pixels: int, container_format: str | None = None
     if container_format is None:
         raise InputError(f"{path.name}: unsupported video container; use .mp4 or .mov")
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), format=container_format) as container:
             if not container.streams.video:
                 raise InputError(f"{path.name}: has no video stream")
             stream = container.streams.video[0]
