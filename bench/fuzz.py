@@ -2,6 +2,7 @@
 
     python bench/fuzz.py --target image --cases 10000 [--seed 1] [--limit 60]
     python bench/fuzz.py --target video --cases 200
+    python bench/fuzz.py --target upload --cases 10000
 
 Cases come from Hypothesis (``tests/fuzzing.py``): real media from ../shared, truncated,
 bit-flipped, with a wrong magic or huge header fields, generated tiny and odd images, and
@@ -34,6 +35,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from tests.fuzzing import (  # noqa: E402
     Counts,
+    Kind,
     Outcome,
     clip_seeds,
     fresh_folder,
@@ -55,12 +57,33 @@ class Target:
     run: Callable[[object, Path, float], Outcome]
 
 
+def _upload_target() -> Target:
+    """The dashboard's upload API, in process (``bench/fuzz_upload.py``): one app and client
+    for the whole run, as a server would serve every upload."""
+    from bench.fuzz_upload import fuzz_upload_case, make_client, upload_cases
+
+    clients: dict = {}
+
+    def run(case: object, folder: Path, limit_s: float) -> Outcome:
+        client = clients.setdefault("app", make_client(folder.parent / "upload-data"))
+        data, name = case
+        result = fuzz_upload_case(client, data, name, limit_s)
+        if result == "refused":
+            return Outcome(Kind.REFUSAL)
+        if result == "accepted":
+            return Outcome(Kind.SUCCESS)
+        return Outcome(Kind.CRASH, result.removeprefix("crash:"))
+
+    return Target(lambda work: upload_cases(), run)
+
+
 TARGETS: dict[str, Target] = {
     "image": Target(lambda work: protect_cases(image_seeds(SHARED / "images")), run_protect_case),
     "video": Target(
         lambda work: protect_cases(clip_seeds(SHARED / "videos", work / "seeds"), generated=False),
         run_protect_case,
     ),
+    "upload": _upload_target(),
 }
 
 
