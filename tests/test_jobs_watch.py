@@ -18,6 +18,7 @@ from deepguard.pipeline.protect import Protector
 from deepguard.pipeline.retention import cleanup
 from deepguard.pipeline.watch import WatchFolder
 from deepguard.settings import Settings
+from tests.processes import killed_job
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +56,36 @@ def test_store_round_trip_and_recovery(tmp_path: Path) -> None:
     store.start(job.id)
     store.progress(job.id, 0.5)
     assert store.get(job.id).state is JobState.RUNNING and store.get(job.id).progress == 0.5
-    reopened = JobStore(tmp_path / "jobs.sqlite3")  # as after a restart
-    (recovered,) = reopened.recover_interrupted()
-    assert recovered.id == job.id
-    again = reopened.get(job.id)
+    # another command opens the store while the job's process (this one) still runs it
+    assert JobStore(tmp_path / "jobs.sqlite3").recover_interrupted() == []
+    assert store.get(job.id).state is JobState.RUNNING
+    killed = killed_job(tmp_path / "jobs.sqlite3", "cli", Path("c.jpg"), Path("d.jpg"), "def")
+    reopened = JobStore(tmp_path / "jobs.sqlite3")  # any later command: protect, watch, ...
+    again = reopened.get(killed)
     assert again.state is JobState.FAILED and "interrupted" in again.error
-    assert reopened.counts()["failed"] == 1 and reopened.find_done("abc") is None
+    assert reopened.counts()["running"] == 1 and reopened.counts()["failed"] == 1
+    assert reopened.find_done("def") is None and reopened.get(job.id).state is JobState.RUNNING
+
+
+def test_a_store_from_before_owners_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:  # the first schema, one job running
+        db.execute(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, origin TEXT NOT NULL, kind TEXT NOT NULL,"
+            " state TEXT NOT NULL, input TEXT NOT NULL, output TEXT, content_hash TEXT,"
+            " parameters TEXT NOT NULL DEFAULT '{}', progress REAL NOT NULL DEFAULT 0,"
+            " error TEXT, report TEXT, created REAL NOT NULL, started REAL, finished REAL)"
+        )
+        db.execute("INSERT INTO jobs (id, origin, kind, state, input, created) VALUES"
+                   " ('old', 'watch', 'image', 'running', 'a.jpg', 0)")  # fmt: skip
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    assert store.get("old").state is JobState.RUNNING  # no owner recorded: nobody can judge
+    (recovered,) = store.recover_interrupted(origin="watch")  # the watch folder, restarting
+    assert recovered.id == "old" and store.get("old").state is JobState.FAILED
+    job = store.create("cli", "image", Path("b.jpg"))
+    store.start(job.id)
+    assert store.get(job.id).state is JobState.RUNNING
 
 
 def test_watch_protects_once_and_moves_the_original(tmp_path, protector, face_jpeg):
@@ -121,10 +146,10 @@ def test_disk_full_loses_nothing(tmp_path, protector, face_jpeg, monkeypatch):
 def test_restart_redoes_an_interrupted_job(tmp_path, protector, face_jpeg):
     watcher, store = _watch(tmp_path, protector)
     shutil.copy(face_jpeg, watcher.in_dir / "a.jpg")
-    crashed = store.create("watch", "image", watcher.in_dir / "a.jpg", None, {}, "x")
-    store.start(crashed.id)  # the process died here, the original is still in IN
+    # the process died here, the original is still in IN
+    crashed = killed_job(store.path, "watch", watcher.in_dir / "a.jpg", None, "x")
     watcher, store = _watch(tmp_path, protector, JobStore(tmp_path / "jobs.sqlite3"))
-    assert store.get(crashed.id).state is JobState.FAILED
+    assert store.get(crashed).state is JobState.FAILED
     _drain(watcher)
     assert (watcher.out_dir / "a.jpg").exists()
     assert store.counts()["done"] == 1
