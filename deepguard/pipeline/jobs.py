@@ -292,6 +292,11 @@ def error_message(error: BaseException) -> str:
     return str(error) if isinstance(error, DeepguardError) else repr(error)
 
 
+class Cancelled(KeyboardInterrupt):
+    """Raised inside a job to stop it on request: recorded as cancelled, like Ctrl-C, and
+    not caught by handlers of ordinary errors."""
+
+
 class TrackedJob:
     """A job recorded in the store while its ``with`` block runs.
 
@@ -324,8 +329,8 @@ class TrackedJob:
     def __exit__(self, kind, error, _traceback) -> None:
         if error is None:
             self.store.finish(self.job.id, JobState.DONE, report=self.report, output=self.output)
-        elif isinstance(error, KeyboardInterrupt):
-            self.store.finish(self.job.id, JobState.CANCELLED, error="cancelled")
+        elif isinstance(error, KeyboardInterrupt):  # Ctrl-C, SIGTERM or Cancelled
+            self.store.finish(self.job.id, JobState.CANCELLED, error=str(error) or "cancelled")
         else:
             self.store.finish(self.job.id, JobState.FAILED, error=error_message(error))
         self.job = self.store.get(self.job.id)

@@ -4,8 +4,10 @@ A file is picked up only when it is complete: its size and modification time hav
 ``watch_stable_seconds`` across two scans. Each input is keyed by the sha256 of its content,
 so a file dropped twice (or again after a restart) is not protected twice. The original moves
 to ``IN/done/`` after its output landed atomically in ``OUT/``, or to ``IN/failed/`` next to
-an ``.error.json`` saying why. A crash in between leaves the original where it was and the
-job ``running`` in the store; at start-up that job is marked failed and the file is redone.
+an ``.error.json`` saying why. A crash in between leaves the original where it was; the job
+store marks the job failed ("interrupted") once its process is gone, and the file is redone.
+Stopping the folder (Ctrl-C, SIGTERM) cancels the running jobs at their next progress report
+and leaves their inputs in ``IN``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from deepguard.errors import DeepguardError
 from deepguard.fileio import write_atomically
-from deepguard.pipeline.jobs import Job, JobStore, TrackedJob, error_message
+from deepguard.pipeline.jobs import Cancelled, Job, JobStore, TrackedJob, error_message
 from deepguard.pipeline.metrics import Metrics
 from deepguard.pipeline.protect import ProtectOptions, Protector
 from deepguard.pipeline.retention import cleanup
@@ -131,11 +133,15 @@ class WatchFolder:
         output = self._output_path(path, digest)
         parameters = self.protector.config.model_dump(mode="json")
         tracked = TrackedJob.new(self.store, "watch", path, output, parameters, digest)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if self._stop.is_set():
+                raise Cancelled("cancelled: the watch folder stopped")
+            tracked.progress(stage, done, total)
+
         try:
             with tracked:
-                tracked.report = self.protector.protect(
-                    path, output, ProtectOptions(), progress=tracked.progress
-                )
+                tracked.report = self.protector.protect(path, output, ProtectOptions(), progress)
         except Exception as error:  # every failure is recorded, none stops the folder
             message = error_message(error)
             if self.metrics:
@@ -166,14 +172,22 @@ class WatchFolder:
         """Scan until :meth:`stop` (or Ctrl-C); apply retention once an hour meanwhile."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         next_cleanup = time.monotonic()
-        while not self._stop.is_set():
-            if time.monotonic() >= next_cleanup:
-                result = cleanup(self.settings, self.store)
-                log.info("retention: %s", result)
-                next_cleanup = time.monotonic() + cleanup_every_s
-            self.poll()
-            self._stop.wait(interval_s)
-        self._pool.shutdown(wait=True)
+        try:
+            while not self._stop.is_set():
+                if time.monotonic() >= next_cleanup:
+                    result = cleanup(self.settings, self.store)
+                    log.info("retention: %s", result)
+                    next_cleanup = time.monotonic() + cleanup_every_s
+                self.poll()
+                self._stop.wait(interval_s)
+        finally:
+            self.close()
 
     def stop(self) -> None:
+        """Scan no more; running jobs are cancelled at their next progress report."""
         self._stop.set()
+
+    def close(self) -> None:
+        """Stop, and wait until the running jobs have ended (their inputs stay in ``IN``)."""
+        self.stop()
+        self._pool.shutdown(wait=True)
