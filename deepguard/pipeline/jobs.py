@@ -216,6 +216,20 @@ class JobStore:
             ).fetchone()
         return Job.from_row(row) if row else None
 
+    def find_interrupted(self, content_hash: str) -> list[Job]:
+        """Jobs for the same content whose process died (newest first), each with an output
+        path no other live or finished job has claimed since."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs AS job WHERE content_hash = ? AND state = ? AND error LIKE ?"
+                " AND output IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobs AS other"
+                " WHERE other.output = job.output AND other.id != job.id"
+                " AND other.state IN (?, ?, ?)) ORDER BY created DESC",
+                (content_hash, JobState.FAILED.value, f"{INTERRUPTED}%", JobState.DONE.value,
+                 JobState.QUEUED.value, JobState.RUNNING.value),
+            ).fetchall()  # fmt: skip
+        return [Job.from_row(row) for row in rows]
+
     def start(self, job_id: str) -> None:
         owner = Owner.current()
         self._update(job_id, state=JobState.RUNNING.value, started=time.time(),

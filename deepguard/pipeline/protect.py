@@ -20,7 +20,7 @@ from deepguard.attack.core import AttackResult, Progress
 from deepguard.attack.metrics import psnr, ssim
 from deepguard.attack.tool_counts import with_uncovered
 from deepguard.attack.verification import tool_summary
-from deepguard.fileio import write_atomically
+from deepguard.fileio import remove_stale_partials, write_atomically
 from deepguard.models.registry import get_spec
 from deepguard.settings import Settings, get_settings
 from deepguard.stages.decode import open_source
@@ -69,6 +69,8 @@ class Protector:
     ) -> dict[str, Any]:
         """Protect ``source_path`` into ``output_path``; returns the processing report."""
         options = options or ProtectOptions()
+        # what an earlier, killed attempt at this output left behind
+        remove_stale_partials(output_path.parent, output_path.name)
         if source_path.suffix.lower() in VIDEO_SUFFIXES:
             from deepguard.pipeline.video import VideoProtector  # imports Ray: only for video
 
