@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 
 from deepguard.errors import DeepguardError
+from deepguard.faults import fault_point
 from deepguard.stages.video_io import VIDEO_SUFFIXES
 
 
@@ -342,6 +343,7 @@ class TrackedJob:
 
     def __exit__(self, kind, error, _traceback) -> None:
         if error is None:
+            fault_point("before_store_update")
             self.store.finish(self.job.id, JobState.DONE, report=self.report, output=self.output)
         elif isinstance(error, KeyboardInterrupt):  # Ctrl-C, SIGTERM or Cancelled
             self.store.finish(self.job.id, JobState.CANCELLED, error=str(error) or "cancelled")

@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from deepguard.errors import DeepguardError
+from deepguard.faults import fault_point
 from deepguard.fileio import remove_stale_partials, write_atomically
 from deepguard.pipeline.jobs import Cancelled, Job, JobState, JobStore, TrackedJob, error_message
 from deepguard.pipeline.metrics import Metrics
@@ -172,6 +173,7 @@ class WatchFolder:
             return tracked.job
         if self.metrics:
             self.metrics.job_done(tracked.report)
+        fault_point("before_input_move")
         move_unique(path, self.done_dir)
         log.info("%s protected → %s", path.name, output)
         return tracked.job

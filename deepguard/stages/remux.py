@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from deepguard.errors import InputError
+from deepguard.faults import fault_point
 from deepguard.fileio import write_atomically
 from deepguard.stages.chunk import Chunk
 from deepguard.stages.image_io import (
@@ -63,6 +64,7 @@ class ImageSink:
         """Save the frame; returns what a viewer decodes from the file that was written."""
         data = self._encode(frames[0])
         write_atomically(self.path, data)
+        fault_point("after_rename")
         return decode_rgb(data) if self.format == "JPEG" else frames[0]
 
 
