@@ -252,15 +252,15 @@ def _watch(args: argparse.Namespace) -> int:
         store, settings, metrics,
     )  # fmt: skip
     if args.once:
-        watcher.poll(wait=True)  # a first scan only records sizes; the second finds them stable
-        time.sleep(settings.watch_stable_seconds)
-        watcher.poll(wait=True)
+        try:  # a first scan only records sizes; the second finds them stable
+            watcher.poll(wait=True)
+            time.sleep(settings.watch_stable_seconds)
+            watcher.poll(wait=True)
+        finally:
+            watcher.close()
         return 0
     print(f"watching {args.input} → {args.output} (Ctrl-C stops)", file=sys.stderr)
-    try:
-        watcher.run(args.interval)
-    except KeyboardInterrupt:
-        watcher.stop()
+    watcher.run(args.interval)  # Ctrl-C or SIGTERM: running jobs cancelled, then exit 130/143
     return 0
 
 
@@ -548,6 +548,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("deepguard").setLevel(logging.INFO)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 proxy_headers=True, log_level="info")  # fmt: skip
+    if _received_signals:  # uvicorn stopped cleanly, then swallowed the KeyboardInterrupt
+        raise KeyboardInterrupt
     return 0
 
 
@@ -558,8 +560,18 @@ def _log_level(args: argparse.Namespace) -> int:
     return logging.ERROR if getattr(args, "quiet", False) else logging.WARNING
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+#: the stop signals received: the exit code says which (Ray re-raises a KeyboardInterrupt as a
+#: plain one, and uvicorn swallows it)
+_received_signals: list[int] = []
+
+
+def _stop(signum: int, _frame: object) -> None:
+    """Ctrl-C (SIGINT) and SIGTERM (``kill``, ``docker stop``, ``ray job stop``) both stop a
+    command the same way: a KeyboardInterrupt, cleaned up on its way out."""
+    _received_signals.append(signum)
+    if signum == signal.SIGTERM:  # a second one must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"cancelled ({signal.Signals(signum).name})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -568,7 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=_log_level(args), format="%(levelname)s %(name)s: %(message)s")
     handler: Handler = args.handler
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # `ray job stop`, `kill`: clean up like ^C
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _stop)
     try:
         from deepguard.settings import get_settings
 
@@ -577,9 +590,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeepguardError as error:
         print(f"deepguard: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("deepguard: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # cleaned up on the way here: 128 + the signal's number
+        signum = _received_signals[0] if _received_signals else signal.SIGINT
+        terminated = signum == signal.SIGTERM
+        print(f"deepguard: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -2,15 +2,24 @@
 
 A write that fails (no permission, a full disk, a file where a folder should be) is an
 :class:`~deepguard.errors.OutputError`: one line for the user, and nothing left behind.
+
+A temporary file is named ``.NAME.PID.RANDOM.part`` after the process writing it, so one
+left by a process that was killed can be told from one still being written, and removed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
+import psutil
+
 from deepguard.errors import OutputError
+
+#: ``.NAME.PID.RANDOM.part``: mkstemp's eight random characters
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.part$")
 
 
 def default_file_mode() -> int:
@@ -57,9 +66,10 @@ def temporary_beside(path: Path) -> tuple[int, Path]:
     ``mkstemp`` creates files readable by the owner only; results are meant to be shared,
     so the temporary gets the usual permissions before it is renamed into place.
     """
+    prefix = f".{path.name}.{os.getpid()}."
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        handle, name = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=path.parent)
     except OSError as error:
         raise write_error(path, error) from None
     os.fchmod(handle, default_file_mode())
@@ -81,3 +91,19 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_partials(folder: Path, name: str | None = None) -> list[Path]:
+    """Delete the temporary files in ``folder`` (those for ``name`` only, if given) whose
+    writing process no longer runs; returns them."""
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        match = _PARTIAL.match(path.name)
+        if not match or (name is not None and match["name"] != name):
+            continue
+        if not psutil.pid_exists(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -50,3 +50,18 @@ def test_a_write_under_a_file_is_an_output_error(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("a file, not a folder")
     with pytest.raises(OutputError, match=r"out\.jpg: cannot write"):
         write_atomically(tmp_path / "afile" / "out.jpg", b"data")
+
+
+def test_partial_files_name_their_writer_and_stale_ones_are_removed(tmp_path: Path) -> None:
+    from deepguard.fileio import remove_stale_partials, temporary_beside
+    from tests.processes import dead_pid
+
+    handle, partial = temporary_beside(tmp_path / "photo.jpg")
+    os.close(handle)
+    assert partial.name.startswith(f".photo.jpg.{os.getpid()}.")  # this process is writing it
+    stale = [tmp_path / f".{name}.{dead_pid()}.abcd_123.part" for name in ("photo.jpg", "b.jpg")]
+    for path in stale:
+        path.write_bytes(b"half")
+    assert remove_stale_partials(tmp_path, "photo.jpg") == [stale[0]]  # that output's only
+    assert remove_stale_partials(tmp_path) == [stale[1]]
+    assert partial.exists()  # its writer still runs

@@ -16,8 +16,9 @@ from deepguard.attack.config import load_preset
 from deepguard.pipeline.jobs import JobState, JobStore
 from deepguard.pipeline.protect import Protector
 from deepguard.pipeline.retention import cleanup
-from deepguard.pipeline.watch import WatchFolder
+from deepguard.pipeline.watch import WatchFolder, content_hash
 from deepguard.settings import Settings
+from tests.processes import dead_pid, killed_job
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +56,36 @@ def test_store_round_trip_and_recovery(tmp_path: Path) -> None:
     store.start(job.id)
     store.progress(job.id, 0.5)
     assert store.get(job.id).state is JobState.RUNNING and store.get(job.id).progress == 0.5
-    reopened = JobStore(tmp_path / "jobs.sqlite3")  # as after a restart
-    (recovered,) = reopened.recover_interrupted()
-    assert recovered.id == job.id
-    again = reopened.get(job.id)
+    # another command opens the store while the job's process (this one) still runs it
+    assert JobStore(tmp_path / "jobs.sqlite3").recover_interrupted() == []
+    assert store.get(job.id).state is JobState.RUNNING
+    killed = killed_job(tmp_path / "jobs.sqlite3", "cli", Path("c.jpg"), Path("d.jpg"), "def")
+    reopened = JobStore(tmp_path / "jobs.sqlite3")  # any later command: protect, watch, ...
+    again = reopened.get(killed)
     assert again.state is JobState.FAILED and "interrupted" in again.error
-    assert reopened.counts()["failed"] == 1 and reopened.find_done("abc") is None
+    assert reopened.counts()["running"] == 1 and reopened.counts()["failed"] == 1
+    assert reopened.find_done("def") is None and reopened.get(job.id).state is JobState.RUNNING
+
+
+def test_a_store_from_before_owners_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:  # the first schema, one job running
+        db.execute(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, origin TEXT NOT NULL, kind TEXT NOT NULL,"
+            " state TEXT NOT NULL, input TEXT NOT NULL, output TEXT, content_hash TEXT,"
+            " parameters TEXT NOT NULL DEFAULT '{}', progress REAL NOT NULL DEFAULT 0,"
+            " error TEXT, report TEXT, created REAL NOT NULL, started REAL, finished REAL)"
+        )
+        db.execute("INSERT INTO jobs (id, origin, kind, state, input, created) VALUES"
+                   " ('old', 'watch', 'image', 'running', 'a.jpg', 0)")  # fmt: skip
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    assert store.get("old").state is JobState.RUNNING  # no owner recorded: nobody can judge
+    (recovered,) = store.recover_interrupted(origin="watch")  # the watch folder, restarting
+    assert recovered.id == "old" and store.get("old").state is JobState.FAILED
+    job = store.create("cli", "image", Path("b.jpg"))
+    store.start(job.id)
+    assert store.get(job.id).state is JobState.RUNNING
 
 
 def test_watch_protects_once_and_moves_the_original(tmp_path, protector, face_jpeg):
@@ -101,6 +126,10 @@ def test_failure_goes_to_failed_with_an_error_json(tmp_path, protector):
     record = json.loads((watcher.in_dir / "failed" / "broken.jpg.error.json").read_text())
     assert record["job"] == job.id and (watcher.in_dir / "failed" / "broken.jpg").exists()
     assert not list(watcher.out_dir.glob("*"))
+    later = time.time() + 60  # touched, not changed: still broken, not tried again
+    os.utime(watcher.in_dir / "failed" / "broken.jpg", (later, later))
+    _drain(watcher)
+    assert len(store.list()) == 1 and (watcher.in_dir / "failed" / "broken.jpg").exists()
 
 
 def test_disk_full_loses_nothing(tmp_path, protector, face_jpeg, monkeypatch):
@@ -121,10 +150,10 @@ def test_disk_full_loses_nothing(tmp_path, protector, face_jpeg, monkeypatch):
 def test_restart_redoes_an_interrupted_job(tmp_path, protector, face_jpeg):
     watcher, store = _watch(tmp_path, protector)
     shutil.copy(face_jpeg, watcher.in_dir / "a.jpg")
-    crashed = store.create("watch", "image", watcher.in_dir / "a.jpg", None, {}, "x")
-    store.start(crashed.id)  # the process died here, the original is still in IN
+    # the process died here, the original is still in IN
+    crashed = killed_job(store.path, "watch", watcher.in_dir / "a.jpg", None, "x")
     watcher, store = _watch(tmp_path, protector, JobStore(tmp_path / "jobs.sqlite3"))
-    assert store.get(crashed.id).state is JobState.FAILED
+    assert store.get(crashed).state is JobState.FAILED
     _drain(watcher)
     assert (watcher.out_dir / "a.jpg").exists()
     assert store.counts()["done"] == 1
@@ -186,3 +215,75 @@ def test_input_vanishing_mid_job_fails_it_clearly(tmp_path, protector, face_jpeg
     assert job.state is JobState.FAILED and "no such file" in job.error
     record = json.loads((watcher.in_dir / "failed" / "a.jpg.error.json").read_text())
     assert record["job"] == job.id and not list(watcher.out_dir.glob("*"))
+
+
+def test_restart_completes_a_job_whose_output_had_landed(tmp_path, protector, face_jpeg):
+    watcher, store = _watch(tmp_path, protector)
+    source, output = watcher.in_dir / "w1.jpg", watcher.out_dir / "w1.jpg"
+    shutil.copy(face_jpeg, source)
+    # killed after the output's rename, before the store said done
+    crashed = killed_job(store.path, "watch", source, output, content_hash(source))
+    output.parent.mkdir()
+    output.write_bytes(b"the protected picture")
+    watcher, store = _watch(tmp_path, protector, JobStore(store.path))
+    _drain(watcher)
+    assert [p.name for p in watcher.out_dir.iterdir()] == ["w1.jpg"]
+    assert output.read_bytes() == b"the protected picture"  # completed, not redone
+    assert not source.exists() and (watcher.in_dir / "done" / "w1.jpg").exists()
+    assert store.get(crashed).state is JobState.DONE and len(store.list()) == 1
+
+
+def test_an_output_another_job_claimed_since_is_not_taken_for_landed(
+    tmp_path, protector, face_jpeg
+):
+    watcher, store = _watch(tmp_path, protector)
+    source, output = watcher.in_dir / "a.jpg", watcher.out_dir / "a.jpg"
+    shutil.copy(face_jpeg, source)
+    killed_job(store.path, "watch", source, output, content_hash(source))  # killed mid-attack
+    source.unlink()  # the user took it away, and another picture of that name was protected
+    other = store.create("watch", "image", source, output, {}, "another picture")
+    store.finish(other.id, JobState.DONE, output=output)
+    output.parent.mkdir()
+    output.write_bytes(b"the other protected picture")
+    shutil.copy(face_jpeg, source)  # the first picture dropped again
+    watcher, store = _watch(tmp_path, protector, JobStore(store.path))
+    _drain(watcher)
+    assert len(list(watcher.out_dir.glob("a.*.jpg"))) == 1  # protected now, under its own name
+    assert output.read_bytes() == b"the other protected picture"
+
+
+def test_start_removes_partial_files_a_killed_job_left(tmp_path, protector):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    stale = out_dir / f".a.jpg.{dead_pid()}.k3x9_q2z.part"
+    live = out_dir / f".b.jpg.{os.getpid()}.ab12cd34.part"  # being written right now
+    foreign = out_dir / ".c.jpg.part"  # not of our making
+    for path in (stale, live, foreign):
+        path.write_bytes(b"half")
+    _watch(tmp_path, protector)
+    assert not stale.exists() and live.exists() and foreign.exists()
+
+
+def test_a_slow_drop_taken_half_written_is_retried_once_complete(tmp_path, protector, face_jpeg):
+    watcher, store = _watch(tmp_path, protector)
+    data = face_jpeg.read_bytes()
+    with (watcher.in_dir / "slow.jpg").open("wb") as copy:
+        copy.write(data[: len(data) // 2])
+        copy.flush()
+        _drain(watcher)  # the copy paused for longer than the stable time
+        assert (watcher.in_dir / "failed" / "slow.jpg").exists()
+        copy.write(data[len(data) // 2 :])  # the file moved under the writer: lands in failed/
+    _drain(watcher)
+    assert (watcher.out_dir / "slow.jpg").exists()
+    assert (watcher.in_dir / "done" / "slow.jpg").read_bytes() == data
+    assert list((watcher.in_dir / "failed").iterdir()) == []
+    assert sorted(job.state for job in store.list()) == [JobState.DONE, JobState.FAILED]
+
+
+def test_protect_removes_what_a_killed_attempt_at_its_output_left(tmp_path, protector, face_jpeg):
+    output = tmp_path / "out" / "portrait.jpg"
+    output.parent.mkdir()
+    stale = output.parent / f".portrait.jpg.{dead_pid()}.x1y2z3w4.part"
+    stale.write_bytes(b"half of an earlier attempt")
+    protector.protect(face_jpeg, output)
+    assert [p.name for p in output.parent.iterdir()] == ["portrait.jpg"]

@@ -4,16 +4,30 @@ Ray clusters authenticate clients with a token by default. Ray itself only prese
 to a cluster it found on its own; deepguard also presents it to the cluster ``RAY_ADDRESS``
 names, when one is available (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``) and the operator
 has not chosen a mode with ``RAY_AUTH_MODE``.
+
+``ray.init`` takes SIGTERM over: its crash handler aborts the process on SIGTERM (no clean-up,
+the job left running, a partial file left behind). :func:`connect` gives SIGTERM back to
+whoever handled it before. A local cluster's processes die with the thread that started them,
+so a worker thread (the dashboard's, the watch folder's) has a lasting thread start it; the
+cluster is stopped, every process of it, when this process exits.
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
+import functools
 import logging
 import math
+import signal
 import socket
-from collections.abc import Sequence
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import psutil
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
@@ -23,23 +37,116 @@ from deepguard.settings import Settings
 log = logging.getLogger(__name__)
 
 
+_connecting = threading.Lock()  # the dashboard's job threads may all connect at once
+#: the processes ``ray.init`` started for a local cluster (none when joining one)
+_local_cluster: list[psutil.Process] = []
+
+
 def connect(settings: Settings) -> None:
     """Start or join Ray once per process; an unreachable cluster is a one-line error."""
-    if ray.is_initialized():
-        return
-    match_ray_log_level()
-    address = settings.ray_address
-    try:
-        if address:
-            _check_reachable(address)
-            present_token_if_available()
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        where = f"at {address}" if address else "locally"
-        raise DeepguardError(f"cannot start or reach a Ray cluster {where}: {error}") from None
+    with _connecting:
+        if ray.is_initialized():
+            return
+        match_ray_log_level()
+        address = settings.ray_address
+        children = {child.pid for child in psutil.Process().children()}
+        try:
+            with _sigterm_kept():
+                if address:
+                    _check_reachable(address)
+                    present_token_if_available()
+                    ray.init(address=address, log_to_driver=False, configure_logging=False)
+                else:
+                    _from_a_lasting_thread(functools.partial(
+                        ray.init, include_dashboard=False, log_to_driver=False,
+                        configure_logging=False))  # fmt: skip
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            where = f"at {address}" if address else "locally"
+            raise DeepguardError(f"cannot start or reach a Ray cluster {where}: {error}") from None
+        started = [child for child in psutil.Process().children() if child.pid not in children]
+        if started:
+            _local_cluster[:] = started
+            atexit.register(shutdown)  # runs before Ray's own exit hook, registered earlier
     log.info("ray resources: %s", ray.cluster_resources())
+
+
+def shutdown(grace_s: float = 5.0) -> None:
+    """Leave Ray; a local cluster this process started stops, all of it.
+
+    ``ray.shutdown`` gives each of its processes a second and then kills it. A raylet killed
+    that way strands its dashboard and runtime-env agents: they wait on the dead GCS for a
+    minute, ignoring SIGTERM. Whatever of the cluster outlives the grace time is killed."""
+    processes = []
+    for process in _local_cluster:
+        try:
+            processes += [process, *process.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    _local_cluster.clear()
+    ray.shutdown()
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for process in alive:
+        log.warning("stopping %s (pid %d), left over from the local Ray cluster",
+                    process.name(), process.pid)  # fmt: skip
+        process.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
+def _from_a_lasting_thread(start: Callable[[], Any]) -> None:
+    """Run ``start`` (``ray.init``) in a thread that lives as long as the process.
+
+    Ray has the kernel kill the processes of a local cluster when the thread that started
+    them ends (``PR_SET_PDEATHSIG``). A pool thread ends as the process exits, before the
+    cluster can be stopped: the raylet dies and its agents are stranded."""
+    if threading.current_thread() is threading.main_thread():
+        start()
+        return
+    failure: list[BaseException] = []
+    started = threading.Event()
+
+    def run() -> None:
+        try:
+            start()
+        except BaseException as error:  # handed to the caller below
+            failure.append(error)
+        started.set()
+        threading.Event().wait()  # to the end of the process (a daemon is not waited for)
+
+    threading.Thread(target=run, name="ray-cluster-owner", daemon=True).start()
+    started.wait()
+    if failure:
+        raise failure[0]
+
+
+@contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """Give SIGTERM back to its handler once ``ray.init`` has replaced it (Ray installs a
+    Python handler in the main thread, and a crash handler that aborts, from any thread)."""
+    handler = signal.getsignal(signal.SIGTERM)
+    action = _get_sigaction(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread() and handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+        elif action is not None:  # signal.signal refuses outside the main thread
+            _set_sigaction(signal.SIGTERM, action)
+
+
+def _get_sigaction(signum: int) -> ctypes.Array | None:
+    """The process's raw action for ``signum``, as opaque bytes (None without sigaction)."""
+    if sys.platform == "win32":
+        return None
+    action = ctypes.create_string_buffer(1024)  # more than any platform's struct sigaction
+    return action if _libc().sigaction(signum, None, action) == 0 else None
+
+
+def _set_sigaction(signum: int, action: ctypes.Array) -> None:
+    _libc().sigaction(signum, action, None)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def match_ray_log_level() -> None:

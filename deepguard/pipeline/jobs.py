@@ -2,11 +2,18 @@
 
 The CLI, the watch folder and the dashboard share it. SQLite in WAL mode lets one writer and
 many readers work at once; each call opens its own connection, so threads never share one.
+
+Each unfinished job records the process that owns it (host, pid and start time). A process
+killed outright cannot record anything, so whoever opens the store next marks the jobs of
+owners that no longer run as failed ("interrupted") instead of leaving them running for ever.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import socket
 import sqlite3
 import time
 import uuid
@@ -17,7 +24,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from deepguard.errors import DeepguardError
+from deepguard.faults import fault_point
 from deepguard.stages.video_io import VIDEO_SUFFIXES
 
 
@@ -51,11 +61,46 @@ CREATE TABLE IF NOT EXISTS jobs (
     report TEXT,
     created REAL NOT NULL,
     started REAL,
-    finished REAL
+    finished REAL,
+    owner_host TEXT,                  -- the process that runs the job, while it is unfinished
+    owner_pid INTEGER,
+    owner_started REAL                -- its start time: a reused pid is another process
 );
 CREATE INDEX IF NOT EXISTS jobs_by_hash ON jobs (content_hash, state);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created);
 """
+#: columns added since the first schema, for stores created before them
+_ADDED_COLUMNS = {"owner_host": "TEXT", "owner_pid": "INTEGER", "owner_started": "REAL"}
+#: how a job whose process died is marked (state failed)
+INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that runs a job: a pid alone could be reused by another process."""
+
+    host: str
+    pid: int
+    started: float
+
+    @classmethod
+    def current(cls) -> Owner:
+        return cls(socket.gethostname(), os.getpid(), psutil.Process().create_time())
+
+    def is_gone(self) -> bool:
+        """Whether this process has ended; a process on another host cannot be judged here,
+        so it counts as running."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            process = psutil.Process(self.pid)
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+            return not math.isclose(process.create_time(), self.started, abs_tol=0.01)
+        except psutil.NoSuchProcess:
+            return True
+        except psutil.AccessDenied:  # someone else's process, alive
+            return False
 
 
 @dataclass(frozen=True)
@@ -77,7 +122,7 @@ class Job:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
-        data = dict(row)
+        data = {key: value for key, value in dict(row).items() if not key.startswith("owner_")}
         data["state"] = JobState(data["state"])
         data["parameters"] = json.loads(data["parameters"] or "{}")
         data["report"] = json.loads(data["report"]) if data["report"] else None
@@ -90,7 +135,9 @@ class Job:
 
 
 class JobStore:
-    """A small repository over the ``jobs`` table."""
+    """A small repository over the ``jobs`` table.
+
+    Opening it settles the jobs of processes that died (see :meth:`recover_interrupted`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -98,6 +145,15 @@ class JobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in present:
+                    try:
+                        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+                    except sqlite3.OperationalError as error:  # another opener added it
+                        if "duplicate column" not in str(error):
+                            raise
+        self.recover_interrupted()
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -119,13 +175,16 @@ class JobStore:
         job_id: str | None = None,
     ) -> Job:
         job_id = job_id or new_job_id()
+        owner = Owner.current()  # the process that creates a job runs it
         with self._connect() as db:
             db.execute(
                 "INSERT INTO jobs (id, origin, kind, state, input, output, content_hash,"
-                " parameters, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " parameters, created, owner_host, owner_pid, owner_started)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, origin, kind, JobState.QUEUED.value, str(source),
                  str(output) if output else None, content_hash,
-                 json.dumps(parameters or {}), time.time()),
+                 json.dumps(parameters or {}), time.time(),
+                 owner.host, owner.pid, owner.started),
             )  # fmt: skip
         return self.get(job_id)
 
@@ -158,8 +217,25 @@ class JobStore:
             ).fetchone()
         return Job.from_row(row) if row else None
 
+    def find_interrupted(self, content_hash: str) -> list[Job]:
+        """Jobs for the same content whose process died (newest first), each with an output
+        path no other live or finished job has claimed since."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs AS job WHERE content_hash = ? AND state = ? AND error LIKE ?"
+                " AND output IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobs AS other"
+                " WHERE other.output = job.output AND other.id != job.id"
+                " AND other.state IN (?, ?, ?)) ORDER BY created DESC",
+                (content_hash, JobState.FAILED.value, f"{INTERRUPTED}%", JobState.DONE.value,
+                 JobState.QUEUED.value, JobState.RUNNING.value),
+            ).fetchall()  # fmt: skip
+        return [Job.from_row(row) for row in rows]
+
     def start(self, job_id: str) -> None:
-        self._update(job_id, state=JobState.RUNNING.value, started=time.time())
+        owner = Owner.current()
+        self._update(job_id, state=JobState.RUNNING.value, started=time.time(),
+                     owner_host=owner.host, owner_pid=owner.pid,
+                     owner_started=owner.started)  # fmt: skip
 
     def progress(self, job_id: str, fraction: float) -> None:
         self._update(job_id, progress=max(0.0, min(1.0, fraction)))
@@ -182,16 +258,39 @@ class JobStore:
         self._update(job_id, **changes)
 
     def recover_interrupted(self, origin: str | None = None) -> list[Job]:
-        """Jobs left ``running`` by a crash or kill: marked failed, so they can be redone."""
+        """Unfinished jobs whose process has ended (a crash, ``kill -9``, a power cut):
+        marked failed ("interrupted"), so they can be redone; returns them.
+
+        ``origin`` also takes that origin's running jobs that name no owner (stored by an
+        older deepguard): the service that runs them calls this as it starts."""
         with self._connect() as db:
-            query = "SELECT * FROM jobs WHERE state = ?"
-            args: tuple = (JobState.RUNNING.value,)
-            if origin:
-                query, args = query + " AND origin = ?", (*args, origin)
-            jobs = [Job.from_row(row) for row in db.execute(query, args).fetchall()]
-        for job in jobs:
-            self.finish(job.id, JobState.FAILED, error="interrupted (the service stopped)")
-        return jobs
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE state IN (?, ?)",
+                (JobState.QUEUED.value, JobState.RUNNING.value),
+            ).fetchall()
+        interrupted = []
+        for row in rows:
+            if row["owner_pid"] is None:
+                gone = row["origin"] == origin and row["state"] == JobState.RUNNING.value
+                reason = f"{INTERRUPTED} (the service stopped)"
+            else:
+                owner = Owner(row["owner_host"], row["owner_pid"], row["owner_started"])
+                gone = owner.is_gone()
+                reason = f"{INTERRUPTED} (its process {owner.pid} ended before it finished)"
+            if gone and self._finish_unfinished(row["id"], reason):
+                interrupted.append(self.get(row["id"]))
+        return interrupted
+
+    def _finish_unfinished(self, job_id: str, error: str) -> bool:
+        """Mark the job failed unless it has finished meanwhile (two openers may race)."""
+        with self._connect() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = ?, error = ?, finished = ?"
+                " WHERE id = ? AND state IN (?, ?)",
+                (JobState.FAILED.value, error, time.time(), job_id,
+                 JobState.QUEUED.value, JobState.RUNNING.value),
+            )  # fmt: skip
+            return cursor.rowcount == 1
 
     def delete(self, job_id: str) -> None:
         with self._connect() as db:
@@ -206,6 +305,11 @@ class JobStore:
 def error_message(error: BaseException) -> str:
     """What a user reads: our own errors as they are, anything else with its type."""
     return str(error) if isinstance(error, DeepguardError) else repr(error)
+
+
+class Cancelled(KeyboardInterrupt):
+    """Raised inside a job to stop it on request: recorded as cancelled, like Ctrl-C, and
+    not caught by handlers of ordinary errors."""
 
 
 class TrackedJob:
@@ -239,9 +343,10 @@ class TrackedJob:
 
     def __exit__(self, kind, error, _traceback) -> None:
         if error is None:
+            fault_point("before_store_update")
             self.store.finish(self.job.id, JobState.DONE, report=self.report, output=self.output)
-        elif isinstance(error, KeyboardInterrupt):
-            self.store.finish(self.job.id, JobState.CANCELLED, error="cancelled")
+        elif isinstance(error, KeyboardInterrupt):  # Ctrl-C, SIGTERM or Cancelled
+            self.store.finish(self.job.id, JobState.CANCELLED, error=str(error) or "cancelled")
         else:
             self.store.finish(self.job.id, JobState.FAILED, error=error_message(error))
         self.job = self.store.get(self.job.id)

@@ -20,7 +20,8 @@ from deepguard.attack.core import AttackResult, Progress
 from deepguard.attack.metrics import psnr, ssim
 from deepguard.attack.tool_counts import with_uncovered
 from deepguard.attack.verification import tool_summary
-from deepguard.fileio import write_atomically
+from deepguard.faults import fault_point
+from deepguard.fileio import remove_stale_partials, write_atomically
 from deepguard.models.registry import get_spec
 from deepguard.settings import Settings, get_settings
 from deepguard.stages.decode import open_source
@@ -64,6 +65,10 @@ class Protector:
     ) -> dict[str, Any]:
         """Protect ``source_path`` into ``output_path``; returns the processing report."""
         options = options or ProtectOptions()
+        fault_point("before_attack")
+        # what an earlier, killed attempt at this output left behind
+        remove_stale_partials(output_path.parent, output_path.name)
+        progress = _marking_mid_attack(progress)
         if source_path.suffix.lower() in VIDEO_SUFFIXES:
             from deepguard.pipeline.video import VideoProtector  # imports Ray: only for video
 
@@ -156,6 +161,19 @@ class Protector:
             for name in self.config.detectors
             for file in get_spec(name).files
         }
+
+
+def _marking_mid_attack(progress: Progress | None) -> Progress:
+    """``progress``, which also passes the ``mid_attack`` fault point once the attack (an
+    image's iterations, a video's poisoned frames) has begun."""
+
+    def report(phase: str, done: int, total: int) -> None:
+        if done and phase in ("attack", "poison"):
+            fault_point("mid_attack")
+        if progress:
+            progress(phase, done, total)
+
+    return report
 
 
 def _finite(value: float) -> float | None:

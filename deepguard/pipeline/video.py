@@ -31,6 +31,7 @@ from deepguard.attack.profiles import enabled_profiles
 from deepguard.attack.tool_counts import ToolCounts
 from deepguard.attack.verification import tool_summary
 from deepguard.errors import DeepguardError
+from deepguard.faults import fault_point
 from deepguard.fileio import temporary_beside, write_atomically
 from deepguard.models.registry import load_detector
 from deepguard.pipeline.actors import DecodeActor, RemuxActor, StageActor
@@ -124,6 +125,7 @@ class VideoProtector:
             rows = run.protect()
             run.verify(rows)
             os.replace(partial, output_path)
+            fault_point("after_rename")
         except BaseException:
             run.abort()
             raise

@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from deepguard.errors import InputError
+from deepguard.faults import fault_point
 from deepguard.fileio import write_atomically
 from deepguard.stages.chunk import Chunk
 from deepguard.stages.image_io import (
@@ -67,6 +68,7 @@ class ImageSink:
     def save(self, data: bytes) -> None:
         """Write the encoded file into place, atomically."""
         write_atomically(self.path, data)
+        fault_point("after_rename")
 
 
 def video_output_format(path: Path, info: VideoInfo) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 from deepguard.attack.config import AttackConfig
 from deepguard.errors import DeepguardError
-from deepguard.pipeline.jobs import Job, JobState, JobStore, TrackedJob
+from deepguard.pipeline.jobs import Cancelled, Job, JobState, JobStore, TrackedJob
 from deepguard.pipeline.metrics import Metrics
 from deepguard.pipeline.protect import ProtectOptions, Protector
 from deepguard.progress import VIDEO_STAGES, split_phase
@@ -101,6 +101,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self._live: dict[str, LiveProgress] = {}
         self._futures: dict[str, Future] = {}
+        self._stopping = threading.Event()
         for job in store.recover_interrupted(origin="web"):
             log.warning("web job %s was interrupted by a restart", job.id)
         for job in store.list(JobState.QUEUED, limit=1000):
@@ -138,6 +139,8 @@ class JobRunner:
         return future is not None and not future.done()
 
     def shutdown(self) -> None:
+        """Cancel the waiting jobs, and the running ones at their next progress report."""
+        self._stopping.set()
         with self._lock:
             futures = list(self._futures.items())
         for job_id, future in futures:
@@ -158,6 +161,8 @@ class JobRunner:
         stored = [0.0]
 
         def progress(phase: str, done: int, total: int) -> None:
+            if self._stopping.is_set():
+                raise Cancelled("cancelled: the service stopped")
             with self._lock:
                 live.update(phase, done, total)
             now = time.monotonic()
