@@ -189,3 +189,28 @@ def test_a_failing_stage_is_reported_once(cluster_address, clip, tmp_path, monke
     assert ["the mark" in str(error) for error in unread] == [True], [
         str(error)[:300] for error in unread
     ]
+
+
+def test_without_an_address_a_cluster_of_our_own_is_started(cluster_address: str) -> None:
+    """A bare ray.init() joins the last cluster `ray start` began on this machine (recorded in
+    /tmp/ray); deepguard's default is a local cluster of its own. Runs last in this module:
+    its `ray stop` ends the fixture's cluster too."""
+    from deepguard.pipeline import cluster
+
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = free_port()
+    subprocess.run(
+        [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        check=True, capture_output=True, timeout=180,
+    )  # fmt: skip
+    ray.shutdown()
+    try:
+        cluster.connect(Settings(RAY_ADDRESS=None))
+        assert not ray.get_runtime_context().gcs_address.endswith(f":{port}")
+        assert not ray.get_runtime_context().gcs_address.endswith(
+            ":" + cluster_address.rsplit(":", 1)[1]
+        )
+    finally:
+        cluster.shutdown()
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)

@@ -56,11 +56,13 @@ def connect(settings: Settings) -> None:
                     _check_reachable(address)
                     present_token_if_available()
                     ray.init(address=address, log_to_driver=False, configure_logging=False)
-                else:
+                else:  # "local": a cluster of our own, not the last one `ray start` began
+                    # on this machine, which a bare ray.init() joins (and then fills with our
+                    # actors, or waits on for CPUs its other drivers hold)
                     _from_a_lasting_thread(functools.partial(
-                        ray.init, include_dashboard=False, log_to_driver=False,
-                        configure_logging=False))  # fmt: skip
-        except (ConnectionError, RuntimeError, ValueError) as error:
+                        ray.init, address="local", include_dashboard=False,
+                        log_to_driver=False, configure_logging=False))  # fmt: skip
+        except (ConnectionError, RuntimeError, ValueError, OSError) as error:
             where = f"at {address}" if address else "locally"
             raise DeepguardError(f"cannot start or reach a Ray cluster {where}: {error}") from None
         started = [child for child in psutil.Process().children() if child.pid not in children]
