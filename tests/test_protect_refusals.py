@@ -400,3 +400,23 @@ def test_an_unreadable_input_says_permission_denied(
     assert code == 2
     assert_one_line(error, "photo.png", "cannot read", "Permission denied")
     assert not (tmp_path / "out.png").exists()
+
+
+# -- a quiet run prints nothing -----------------------------------------------------------
+
+
+def test_starting_a_local_ray_prints_no_notice(tmp_path: Path) -> None:
+    """`protect -q` on a clip starts a local Ray; Ray must not print its token notice."""
+    code = (
+        "import ray\n"
+        "from deepguard.pipeline.cluster import connect\n"
+        "from deepguard.settings import Settings\n"
+        "connect(Settings())\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Token authentication" not in result.stdout + result.stderr

@@ -22,6 +22,20 @@ from deepguard.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class _KeptDefaultNotice(logging.Filter):
+    """Drops Ray's notice that it turned token authentication on for a cluster it starts:
+    deepguard keeps that default on purpose (see the README), and ``protect -q`` prints
+    nothing but errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+    _KeptDefaultNotice()
+)
+
+
 def connect(settings: Settings) -> None:
     """Start or join Ray once per process; an unreachable cluster is a one-line error."""
     if ray.is_initialized():
