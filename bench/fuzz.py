@@ -98,7 +98,13 @@ def main() -> int:
     target = TARGETS[args.target]
     started = time.perf_counter()
 
+    shown = 0
+
     def progress(counts: Counts) -> None:
+        nonlocal shown
+        for failure in counts.failures[shown:]:  # as they come: a long run shows them early
+            print("  " + failure, flush=True)
+        shown = len(counts.failures)
         if counts.cases % args.every == 0:
             rate = counts.cases / (time.perf_counter() - started)
             print(f"{counts.cases} cases, {counts.crashes} crashes, {rate:.1f}/s", flush=True)
@@ -118,8 +124,6 @@ def main() -> int:
     print(f"target {args.target}, seed {args.seed}: {counts.cases} cases in {seconds:.0f} s "
           f"({counts.cases / seconds:.1f} per second)")  # fmt: skip
     print("\n".join(counts.lines()))
-    for failure in counts.failures:
-        print("  " + failure)
     if args.target == "video":
         import ray
 

@@ -23,6 +23,7 @@ import signal
 import socket
 import struct
 import sys
+import tempfile
 import traceback
 import zlib
 from collections import Counter
@@ -380,8 +381,31 @@ class _CurrentStderr(io.TextIOBase):
 _logging_ready = False
 
 
+@contextlib.contextmanager
+def _descriptors_captured() -> Iterator[list[str]]:
+    """What C libraries (libjpeg, FFmpeg) write straight to file descriptors 1 and 2 in the
+    block: the user sees that too. The list gets the text when the block ends."""
+    text: list[str] = []
+    with tempfile.TemporaryFile() as sink:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield text
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            text.append(sink.read().decode(errors="replace"))
+
+
 def call_main(args: list[str], limit_s: float) -> tuple[int | None, str, str | None]:
-    """Run the CLI's entry function: (exit code, stderr, a traceback or timeout if any)."""
+    """Run the CLI's entry function: (exit code, what it printed, a traceback or timeout)."""
     global _logging_ready
     from deepguard.cli import main
 
@@ -390,7 +414,8 @@ def call_main(args: list[str], limit_s: float) -> tuple[int | None, str, str | N
         _logging_ready = True
     err, out = io.StringIO(), io.StringIO()
     code, problem = None, None
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+    with _descriptors_captured() as raw, contextlib.redirect_stderr(err), \
+            contextlib.redirect_stdout(out):  # fmt: skip
         try:
             with time_limit(limit_s):
                 code = main(args)
@@ -400,7 +425,7 @@ def call_main(args: list[str], limit_s: float) -> tuple[int | None, str, str | N
             problem = f"hang: {timeout}"
         except BaseException:
             problem = traceback.format_exc()
-    return code, err.getvalue(), problem
+    return code, err.getvalue() + raw[0] + out.getvalue(), problem
 
 
 def _materialise(case: Case, folder: Path) -> tuple[Path, list[socket.socket]]:
@@ -440,6 +465,8 @@ def run_protect_case(case: Case, work: Path, limit_s: float = 60.0) -> Outcome:
         return Outcome(Kind.CRASH, f"exit code {code}: {lines[-1] if lines else ''}")
     if code == 2 and (not lines or any(not ln.startswith("deepguard: error: ") for ln in lines)):
         return Outcome(Kind.CRASH, f"refused without one clear line per file: {err!r}")
+    if code == 0 and lines:  # -q: a success prints nothing
+        return Outcome(Kind.CRASH, f"printed on a success: {err!r}")
     if any(bug in err for bug in BUGS_IN_WORKERS):
         return Outcome(
             Kind.CRASH, next(ln for ln in lines if any(b in ln for b in BUGS_IN_WORKERS))

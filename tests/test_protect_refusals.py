@@ -8,8 +8,10 @@ import contextlib
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -337,6 +339,48 @@ def test_a_decompression_bomb_names_the_pixel_limit(
     assert_one_line(error, "30000×30000", "DEEPGUARD_MAX_IMAGE_PIXELS")
 
 
+def test_a_side_longer_than_jpeg_allows_is_refused(
+    tmp_path: Path, attack_runs: list[int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every result is verified as a JPEG, and libjpeg stops at 65,500 pixels a side."""
+    source = tmp_path / "long.png"
+    Image.new("RGB", (65_536, 1), (120, 90, 60)).save(source)
+    code, error = protect(capsys, str(source), "-o", str(tmp_path / "out.png"))
+    assert code == 2 and not attack_runs
+    assert_one_line(error, "65536×1", "65,500")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.png"]
+
+
+def test_a_webp_output_wider_than_webp_allows_is_refused_before_the_attack(
+    tmp_path: Path, attack_runs: list[int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "wide.png"
+    Image.new("RGB", (16_400, 2), (120, 90, 60)).save(source)
+    code, error = protect(capsys, str(source), "-o", str(tmp_path / "out.webp"))
+    assert code == 2 and not attack_runs
+    assert_one_line(error, "16,383", ".png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.png"]
+
+
+def _exif_pointing_past_its_end() -> bytes:
+    """An EXIF block: a TIFF header and one entry (Make, ASCII) whose 1000 bytes are missing."""
+    entry = struct.pack(">HHII", 0x010F, 2, 1000, 26)
+    tiff = b"MM\x00*\x00\x00\x00\x08" + struct.pack(">H", 1) + entry + b"\x00\x00\x00\x00"
+    return b"Exif\x00\x00" + tiff
+
+
+def test_a_damaged_exif_does_not_add_decoder_notes_to_the_output(
+    photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "exif.jpg"
+    Image.open(photo).save(source, quality=95, exif=_exif_pointing_past_its_end())
+    with warnings.catch_warnings(record=True) as shown:  # what Python would print on stderr
+        warnings.simplefilter("always")
+        code, error = protect(capsys, str(source), "-o", str(tmp_path / "out.jpg"))
+    assert (code, error) == (0, "")
+    assert [str(w.message) for w in shown] == []
+
+
 def test_an_unreadable_input_says_permission_denied(
     photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -356,3 +400,23 @@ def test_an_unreadable_input_says_permission_denied(
     assert code == 2
     assert_one_line(error, "photo.png", "cannot read", "Permission denied")
     assert not (tmp_path / "out.png").exists()
+
+
+# -- a quiet run prints nothing -----------------------------------------------------------
+
+
+def test_starting_a_local_ray_prints_no_notice(tmp_path: Path) -> None:
+    """`protect -q` on a clip starts a local Ray; Ray must not print its token notice."""
+    code = (
+        "import ray\n"
+        "from deepguard.pipeline.cluster import connect\n"
+        "from deepguard.settings import Settings\n"
+        "connect(Settings())\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Token authentication" not in result.stdout + result.stderr

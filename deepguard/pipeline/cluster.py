@@ -37,6 +37,18 @@ from deepguard.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class _KeptDefaultNotice(logging.Filter):
+    """Drops Ray's notice that token authentication is on: deepguard keeps that default on
+    purpose (see the README), so the notice is noise on every run, quiet or not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+    _KeptDefaultNotice()
+)
+
 _connecting = threading.Lock()  # the dashboard's job threads may all connect at once
 #: the processes ``ray.init`` started for a local cluster (none when joining one)
 _local_cluster: list[psutil.Process] = []

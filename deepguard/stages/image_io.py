@@ -9,6 +9,8 @@ lands atomically.
 from __future__ import annotations
 
 import io
+import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +19,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deepguard.errors import InputError
 
+log = logging.getLogger(__name__)
+
 READ_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 WRITE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
 IMAGE_SUFFIXES = frozenset(WRITE_FORMATS)
+#: the longest side each output format can hold (libjpeg's and libwebp's limits)
+MAX_SIDE = {"JPEG": 65_500, "PNG": 2**31 - 1, "WEBP": 16_383}
+JPEG_MAX_SIDE = MAX_SIDE["JPEG"]
 # Pillow's own decompression-bomb guard is a fixed 89 M pixels, reported as an unreadable
 # file. read_image checks every image against DEEPGUARD_MAX_IMAGE_PIXELS itself, from the
 # header and before any pixel is decoded, and says so.
@@ -46,7 +53,20 @@ def _png_bit_depth(path: Path) -> int | None:
 
 
 def read_image(path: Path, max_pixels: int) -> StillImage:
-    """Decode an image file for protection, or raise :class:`InputError` saying why not."""
+    """Decode an image file for protection, or raise :class:`InputError` saying why not.
+
+    Pillow's warnings about a damaged file (EXIF tags that point past its end, …) go to the
+    debug log: the user reads the one line that matters, not the decoder's notes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return _read_image(path, max_pixels)
+        finally:
+            for warning in caught:
+                log.debug("%s: %s", path.name, warning.message)
+
+
+def _read_image(path: Path, max_pixels: int) -> StillImage:
     try:
         image = Image.open(path)
         if image.format not in READ_FORMATS:
@@ -58,6 +78,11 @@ def read_image(path: Path, max_pixels: int) -> StillImage:
             raise InputError(
                 f"{path.name}: {width}×{height} pixels exceeds the limit of {max_pixels:,} "
                 f"(DEEPGUARD_MAX_IMAGE_PIXELS)"
+            )
+        if max(width, height) > JPEG_MAX_SIDE:
+            raise InputError(
+                f"{path.name}: {width}×{height} pixels: sides over {JPEG_MAX_SIDE:,} are not "
+                f"supported (every result is verified as a JPEG, which stops there)"
             )
         if image.mode == "CMYK":
             raise InputError(f"{path.name}: CMYK images are not supported; convert to RGB")

@@ -20,6 +20,7 @@ from deepguard.faults import fault_point
 from deepguard.fileio import write_atomically
 from deepguard.stages.chunk import Chunk
 from deepguard.stages.image_io import (
+    MAX_SIDE,
     StillImage,
     decode_rgb,
     encode_image,
@@ -49,6 +50,12 @@ class ImageSink:
         if still.alpha is not None and self.format == "JPEG":
             raise InputError(
                 f"{path.name}: JPEG cannot store the input's transparency; use .png or .webp"
+            )
+        height, width = still.rgb.shape[:2]
+        if max(width, height) > MAX_SIDE[self.format]:
+            raise InputError(
+                f"{path.name}: {self.format} holds at most {MAX_SIDE[self.format]:,} pixels a "
+                f"side, and the image is {width}×{height}; use .png"
             )
 
     def _encode(self, rgb: np.ndarray) -> bytes:
