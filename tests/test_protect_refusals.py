@@ -225,12 +225,14 @@ def test_a_fifo_in_a_folder_is_refused_and_the_rest_protected(
     inbox.mkdir()
     shutil.copy(photo, inbox / "good.png")
     os.mkfifo(inbox / "x.jpg")
+    os.mkfifo(inbox / "clip.mp4")  # a video goes another way: it must be checked too
     (inbox / "folder.jpg").mkdir()
     code, error = protect(capsys, str(inbox), "-o", str(tmp_path / "out"))
     assert code == 2
     lines = error.splitlines()
-    assert len(lines) == 2 and all(line.startswith("deepguard: error: ") for line in lines)
-    assert "x.jpg: not a regular file" in error and "folder.jpg: is a folder" in error
+    assert len(lines) == 3 and all(line.startswith("deepguard: error: ") for line in lines)
+    assert "x.jpg: not a regular file" in error and "clip.mp4: not a regular file" in error
+    assert "folder.jpg: is a folder" in error
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]
 
 

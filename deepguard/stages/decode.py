@@ -50,6 +50,7 @@ class VideoSource:
         self, path: Path, max_pixels: int, chunk_size: int = 16, container: str | None = None
     ) -> None:
         self.path = path
+        check_input_file(path)  # FFmpeg would wait on a FIFO for ever
         self.info: VideoInfo = probe_video(path, max_pixels, container)
         self.chunk_size = chunk_size
 
