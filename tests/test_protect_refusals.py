@@ -383,6 +383,19 @@ def test_a_damaged_exif_does_not_add_decoder_notes_to_the_output(
     assert [str(w.message) for w in shown] == []
 
 
+def test_a_broken_png_chunk_is_refused_as_corrupt(
+    photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the fuzzer: Pillow reports a bad chunk with a SyntaxError, not an OSError."""
+    data = bytearray(photo.read_bytes())
+    data[35] = 0x01  # the length of the chunk after IHDR: the next "chunk" is pixel data
+    source = tmp_path / "broken.png"
+    source.write_bytes(data)
+    code, error = protect(capsys, str(source), "-o", str(tmp_path / "out.png"))
+    assert code == 2
+    assert_one_line(error, "broken.png: corrupt image", "broken PNG file")
+
+
 def test_an_unreadable_input_says_permission_denied(
     photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

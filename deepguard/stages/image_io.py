@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,12 @@ def _read_image(path: Path, max_pixels: int) -> StillImage:
                 f"save as 8 bits per channel"
             )
         image.load()
+        source_format = str(image.format)
+        exif = image.info.get("exif")
+        icc = image.info.get("icc_profile")
+        image = ImageOps.exif_transpose(image)
+        has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+        pixels = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
     except InputError:
         raise
     except UnidentifiedImageError:
@@ -100,13 +107,8 @@ def _read_image(path: Path, max_pixels: int) -> StillImage:
         if error.errno is not None:  # the file system refused (permissions), not the decoder
             raise InputError(f"{path.name}: cannot read ({error.strerror})") from None
         raise InputError(f"{path.name}: corrupt or truncated image ({error})") from None
-    source_format = str(image.format)
-    exif = image.info.get("exif")
-    icc = image.info.get("icc_profile")
-    image = ImageOps.exif_transpose(image)
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    rgba = image.convert("RGBA" if has_alpha else "RGB")
-    pixels = np.asarray(rgba)
+    except (SyntaxError, ValueError, EOFError, struct.error) as error:  # Pillow's parse errors
+        raise InputError(f"{path.name}: corrupt image ({error})") from None
     return StillImage(
         rgb=np.ascontiguousarray(pixels[:, :, :3]),
         alpha=np.ascontiguousarray(pixels[:, :, 3]) if has_alpha else None,
