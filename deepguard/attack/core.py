@@ -290,10 +290,8 @@ class FacePoison:
         importance = self._importance(x, views, generator, active) if config.feature_loss else {}
         timings["importance"] = time.perf_counter() - tick
         budget = iterations or config.iterations
-        soft = _soft_mask(x, windows, config.edge_fade)
-        mask = (soft > 0).float()
         levels = self._budget(frames, x)
-        bound = levels * soft
+        mask, bound = self._placed(x, windows, levels)
         delta = self._initial_delta(x, init_delta, generator, bound) * mask
         run = _Run(
             x=x,
@@ -446,12 +444,15 @@ class FacePoison:
             ):
                 log.debug("hidden after delivery at iteration %d", run.iterations)
                 break
-            loss = sum(trace[-1] for trace in run.losses.values() if trace)
+            if not config.patience:
+                continue
+            # this iteration's loss: the detectors that were attacked in it
+            loss = sum(t[-1] for t in run.losses.values() if len(t) == run.iterations)
             if loss < (1 - config.plateau_tolerance) * best:
                 best, since_best = loss, 0
             else:
                 since_best += 1
-            if config.patience and since_best >= config.patience:
+            if since_best >= config.patience:
                 log.debug("loss stalled at %.3g for %d iterations", loss, since_best)
                 break
 
@@ -694,9 +695,7 @@ class FacePoison:
         for version in delivered:
             found = self.propose_windows(frames_to_tensor(version, run.x.device))
             run.windows = merge_windows(run.windows + found)
-        soft = _soft_mask(run.x, run.windows, self.config.edge_fade)
-        run.mask = (soft > 0).float()
-        run.bound = run.budget * soft
+        run.mask, run.bound = self._placed(run.x, run.windows, run.budget)
         run.views = self._views(run.x, run.windows)
 
     def _finish(self, run: _Run, delta: Tensor) -> np.ndarray:
@@ -734,6 +733,12 @@ class FacePoison:
     def _whole(x: Tensor) -> list[Window]:
         height, width = x.shape[-2:]
         return [Window(i, 0, 0, width, height) for i in range(len(x))]
+
+    def _placed(self, x: Tensor, windows: list[Window], levels: Tensor) -> tuple[Tensor, Tensor]:
+        """Where the perturbation may go (a 0/1 mask) and each pixel's bound there: the
+        ``levels`` budget faded out around ``windows`` (see :func:`_soft_mask`)."""
+        soft = _soft_mask(x, windows, self.config.edge_fade)
+        return (soft > 0).float(), levels * soft
 
     def _budget(self, frames: np.ndarray, x: Tensor) -> Tensor:
         """Every pixel's L∞ budget: ``epsilon``, raised to ``region_epsilon[name]`` around the
