@@ -59,7 +59,9 @@ class AttackResult:
     frames: np.ndarray  # N×H×W×3 uint8, the protected pixels
     delta: Tensor  # N×3×H×W float, the perturbation before rounding (for warm starts)
     faces_before: dict[str, list[int]]  # detector → faces per frame, clean input
-    faces_after: dict[str, list[int]]  # detector → faces per frame, delivered output
+    #: detector → faces per frame, delivered output (None: a frame :meth:`FacePoison.hold`
+    #: did not check)
+    faces_after: dict[str, list[int | None]]
     #: tool profile → faces per frame, through the ensemble's looks (clean / delivered)
     tools_before: dict[str, list[int]] = field(default_factory=dict)
     tools_after: dict[str, list[int]] = field(default_factory=dict)
@@ -70,10 +72,12 @@ class AttackResult:
     precision: str = "fp32"  # of the attack's detector passes (verification is always fp32)
     #: out-of-memory fallbacks taken to finish (see :mod:`deepguard.attack.memory`)
     fallbacks: list[dict] = field(default_factory=list)
+    #: detector → the share of its score loss the iterations removed (0: none, 1: all)
+    loss_drop: dict[str, float] = field(default_factory=dict)
 
     @property
     def hidden(self) -> bool:
-        return all(sum(counts) == 0 for counts in self.faces_after.values())
+        return all(not any(counts) for counts in self.faces_after.values())
 
 
 @dataclass
@@ -245,6 +249,45 @@ class FacePoison:
                 )
         return merge_windows(windows)
 
+    def hold(
+        self,
+        frames: np.ndarray,
+        carried: Tensor,
+        windows: list[Window] | None,
+        roundtrip: Roundtrip | None,
+        sample: Sequence[int],
+        targets: Sequence[str] | None = None,
+    ) -> AttackResult | None:
+        """``carried`` (a perturbation brought along from earlier frames) applied as it is,
+        when no target finds a face on the delivery of the ``sample`` frames; ``None`` when
+        one does and the frames need refining. Judged at the looks' thresholds, not with the
+        early stop's margin: the harsher lone-frame codec of the check already leaves room,
+        and with the margin every frame of ``lp_d11`` failed (LivePortrait's look at 0.1 must
+        score below 0.08) and spent its whole refinement budget.
+
+        No detector pass: a clip's frames between two samples cost one check per sample
+        instead of a warm-started attack each. The unsampled frames' faces after delivery are
+        not known here (``None``); the check of the written file counts them."""
+        x = frames_to_tensor(frames, self.device)
+        windows = self._whole(x) if windows is None else windows
+        mask, bound = self._placed(x, windows, self._budget(frames, x))
+        delta = torch.maximum(torch.minimum(carried.to(x.device), bound), -bound) * mask
+        out = _finish_frames(x, frames, delta, bound)
+        names = [d.name for d in self.detectors if targets is None or d.name in targets]
+        found = self.verify(out[list(sample)], roundtrip)
+        if any(sum(found[name]) for name in names):
+            return None
+        before = self.judge([frames])
+        unknown = {name: [None] * len(frames) for name in self.table}
+        return AttackResult(
+            frames=out,
+            delta=delta,
+            faces_before=before.by_detector(),
+            faces_after=unknown,
+            tools_before=before.by_tool(),
+            precision=self.autocast.name,
+        )
+
     # -- the attack ------------------------------------------------------------------------
 
     @_without_cudnn
@@ -359,6 +402,7 @@ class FacePoison:
             repair_rounds=rounds,
             timings=timings,
             precision=self.autocast.name,
+            loss_drop=_loss_drops(run.losses),
         )
 
     def _iterate(self, run: _Run, budget: int) -> None:
@@ -373,7 +417,7 @@ class FacePoison:
         for step in range(1, budget + 1):
             run.peaks = {}
             delta = run.delta.detach().requires_grad_(True)
-            adversarial = quantize_uint8(run.x + delta)
+            adversarial = self._through_delivery(run, quantize_uint8(run.x + delta))
             # [accumulated through momentum, used as is]
             surrogates = [adversarial.new_zeros(()), adversarial.new_zeros(())]
             # the file is re-encoded at full size once per draw; each tool resizes that
@@ -455,6 +499,18 @@ class FacePoison:
             if since_best >= config.patience:
                 log.debug("loss stalled at %.3g for %d iterations", loss, since_best)
                 break
+
+    def _through_delivery(self, run: _Run, adversarial: Tensor) -> Tensor:
+        """Now and then, the frames as the real codec delivers them, with a straight-through
+        gradient; a photo's delivery is the saved JPEG or its re-compression, drawn at random.
+        The differentiable JPEG only approximates a codec: H.264 at the output's CRF
+        washed out perturbations that were clear on the raw pixels (a clip's key frame: every
+        look clear before the codec, seven of eleven found after)."""
+        if run.rng.random() >= self.config.eot_delivery:
+            return adversarial
+        versions = self.delivered(tensor_to_frames(adversarial), run.roundtrip)
+        coded = frames_to_tensor(run.rng.choice(versions), adversarial.device)
+        return adversarial + (coded - adversarial).detach()
 
     def _looks_clear(self, run: _Run) -> bool:
         """The cheap check: did every look's views score below the early stop's margin in
@@ -699,11 +755,7 @@ class FacePoison:
         run.views = self._views(run.x, run.windows)
 
     def _finish(self, run: _Run, delta: Tensor) -> np.ndarray:
-        """Round to 8 bits; rounding may not push any pixel past ε, so clip exactly."""
-        out = tensor_to_frames(quantize_uint8(run.x + delta)).astype(np.int16)
-        bound = run.bound.floor().permute(0, 2, 3, 1).cpu().numpy().astype(np.int16)
-        clean = run.frames.astype(np.int16)
-        return np.clip(out, clean - bound, clean + bound).astype(np.uint8)
+        return _finish_frames(run.x, run.frames, delta, run.bound)
 
     # -- small helpers ---------------------------------------------------------------------
 
@@ -766,6 +818,24 @@ class FacePoison:
         start = self.config.random_start * bound
         noise = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device) * start
         return (x + noise).clamp(0, 255) - x
+
+
+def _finish_frames(x: Tensor, frames: np.ndarray, delta: Tensor, bound: Tensor) -> np.ndarray:
+    """Round to 8 bits; rounding may not push any pixel past its bound, so clip exactly."""
+    out = tensor_to_frames(quantize_uint8(x + delta)).astype(np.int16)
+    limit = bound.floor().permute(0, 2, 3, 1).cpu().numpy().astype(np.int16)
+    clean = frames.astype(np.int16)
+    return np.clip(out, clean - limit, clean + limit).astype(np.uint8)
+
+
+def _loss_drops(losses: dict[str, list[float]]) -> dict[str, float]:
+    """Per detector, the share of its score loss removed from the first two iterations to the
+    last two (one EOT draw is noisy)."""
+    drops = {}
+    for name, trace in losses.items():
+        first, last = float(np.mean(trace[:2])), float(np.mean(trace[-2:]))
+        drops[name] = max(0.0, 1 - last / first) if first > 0 else 1.0
+    return drops
 
 
 def _crop(x: Tensor, window: Window) -> Tensor:

@@ -31,7 +31,7 @@ Progress = dict[str, Any]
 
 def _faces_summary(stats: list[dict]) -> dict:
     """``{"faces": {detector: [before, after]}}`` over the rows that carry face counts."""
-    rows = [row for row in stats if "faces_before" in row]
+    rows = [row for row in stats if row.get("faces_after_roundtrip") is not None]
     if not rows:
         return {}
     faces = {

@@ -111,24 +111,15 @@ class PoisonStage:
         start = 0
         while start < len(chunk):
             key = reference is None or start in chunk.scene_starts or not warm
-            size = 1 if key else self.memory.batch_size(*chunk.frames.shape[1:3])
-            stop = self._batch_stop(chunk, start, size)
+            stop = self._batch_stop(chunk, start, 1 if key else self.config.video.sample_every)
             frames = chunk.frames[start:stop]
             tracks = chunk.tracks[start:stop] if chunk.tracks else [{}] * (stop - start)
             windows = self._windows(tracks, frames.shape[1:3])
             if key:
                 result = self._attack(self.attack, frames, windows=windows, roundtrip=roundtrip)
-                given_up = _detectors_to_give_up(result)
+                given_up = _detectors_to_give_up(result, self.config.video.give_up_below)
             else:
-                result = self._attack(
-                    self.warm_attack,
-                    frames,
-                    init_delta=self._carried(reference, tracks),
-                    windows=windows,
-                    iterations=self.config.video.refine_iterations,
-                    roundtrip=roundtrip,
-                    targets=[n for n in self.config.detectors if n not in given_up],
-                )
+                result = self._warm(frames, tracks, windows, reference, given_up)
             chunk.protected[start:stop] = result.frames
             # the tools' detectors outside the ensemble count the clean frames here, where
             # they are in memory; cheap next to the attack (720p on 2 CPU cores, RetinaFace
@@ -146,6 +137,32 @@ class PoisonStage:
             start = stop
         self._carry_over = (chunk.stop, *reference, given_up)
         return chunk
+
+    def _warm(
+        self,
+        frames: np.ndarray,
+        tracks: list[FrameTracks],
+        windows: list[Window] | None,
+        reference: tuple[torch.Tensor, FrameTracks],
+        given_up: set[str],
+    ) -> AttackResult:
+        """Frames after a key frame: the reference perturbation carried along the tracks, kept
+        as it is when the last frame's delivery shows no face, else refined from there."""
+        targets = [n for n in self.config.detectors if n not in given_up]
+        carried = self._carried(reference, tracks)
+        last = [len(frames) - 1]  # the farthest from the reference: the likeliest to fail
+        held = self.attack.hold(frames, carried, windows, self.roundtrip, last, targets)
+        if held is not None:
+            return held
+        return self._attack(
+            self.warm_attack,
+            frames,
+            init_delta=carried,
+            windows=windows,
+            iterations=self.config.video.refine_iterations,
+            roundtrip=self.roundtrip,
+            targets=targets,
+        )
 
     @staticmethod
     def _batch_stop(chunk: Chunk, start: int, size: int) -> int:
@@ -227,16 +244,23 @@ def _concatenated(batches: list[ToolCounts]) -> ToolCounts:
     return {tool: [n for counts in batches for n in counts[tool]] for tool in batches[0]}
 
 
-def _detectors_to_give_up(result: AttackResult) -> set[str]:
-    """Detectors a scene's full key-frame attack hid none of the faces from (MTCNN on a large
-    face): refining them on every frame is wasted work. A detector that lost some faces stays
-    attacked. Giving up on one face left over abandoned the others for the whole scene: on a
-    1080p clip in fp16 (H100, ``bench/gpu_stages.py``), RetinaFace was then still found on
-    143 of 186 faces by the stage's check."""
+def _detectors_to_give_up(result: AttackResult, stalled_below: float) -> set[str]:
+    """Detectors a scene's full key-frame attack hid none of the faces from *and* whose score
+    loss it did not move (less than ``stalled_below`` of it removed; MTCNN on a large face at
+    ε 6): refining them on every frame is wasted work.
+
+    A detector that lost some faces stays attacked: giving up on one face left over abandoned
+    the others for the whole scene (on a 1080p clip in fp16, H100, ``bench/gpu_stages.py``,
+    RetinaFace was then still found on 143 of 186 faces). So does one whose loss fell: with
+    one face on the key frame, "not hidden" alone gave up SCRFD, YOLO5Face and YuNet on
+    ``lp_d11`` after a key frame that hid them on the raw pixels, and the clip's warm frames
+    then hid 3 % of the faces from SCRFD."""
     return {
         name
         for name, found in result.faces_after.items()
-        if sum(found) and sum(found) >= sum(result.faces_before[name])
+        if sum(found)
+        and sum(found) >= sum(result.faces_before[name])
+        and result.loss_drop.get(name, 0.0) < stalled_below
     }
 
 
@@ -251,12 +275,14 @@ def _rows(
     ``tools_before``: faces per tool on the clean frames, by the ensemble's looks and by the
     tools' detectors outside it."""
     count = len(tracks)
+    after = [{name: found[i] for name, found in result.faces_after.items()} for i in range(count)]
     return [
         {
             "key_frame": key,
             "faces_tracked": len(frame_tracks),
             "faces_before": {name: found[i] for name, found in result.faces_before.items()},
-            "faces_after_roundtrip": {name: found[i] for name, found in result.faces_after.items()},
+            # None: a frame that kept its carried perturbation without its own check
+            "faces_after_roundtrip": None if None in after[i].values() else after[i],
             "tools_before": {tool: found[i] for tool, found in tools_before.items()},
             "iterations": result.iterations,
             "passes": result.passes / count,

@@ -38,7 +38,9 @@ class SmoothStage:
             clean = chunk.frames[index]
             delta = _delta(chunk.protected[index], clean)
             stats = chunk.stats[index] if index < len(chunk.stats) else {}
-            if index in chunk.scene_starts or self.previous is None or not strength:
+            # a frame that kept its carried perturbation unchecked is already steady
+            unchecked = "faces_after_roundtrip" in stats and stats["faces_after_roundtrip"] is None
+            if index in chunk.scene_starts or self.previous is None or not strength or unchecked:
                 stats["smoothing"] = 0.0
             else:
                 chunk.protected[index], used = self._smooth(clean, delta, tracks, stats, strength)
