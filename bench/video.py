@@ -161,6 +161,12 @@ def main() -> None:
                 k: f"{v['faces_after']}/{v['faces_before']}"
                 for k, v in summary["detectors"].items()
             },
+            # per tool profile: faces its looks find on the decoded output / on the clean clip
+            "tools": {
+                row["tool"]: f"{row['faces_after']}/{row['faces_before']}"
+                for row in summary["tools"]
+                if row["covered"]
+            },
             "flicker_added": summary["flicker"],
             "flicker_decoded": round(flicker(clean, decoded(out)), 3),
             "psnr_db": summary["psnr_db"],
