@@ -271,7 +271,7 @@ class FacePoison:
         x = frames_to_tensor(frames, self.device)
         windows = self._whole(x) if windows is None else windows
         mask, bound = self._placed(x, windows, self._budget(frames, x))
-        delta = torch.maximum(torch.minimum(carried.to(x.device), bound), -bound) * mask
+        delta = self._initial_delta(x, carried, None, bound) * mask
         out = _finish_frames(x, frames, delta, bound)
         names = [d.name for d in self.detectors if targets is None or d.name in targets]
         found = self.verify(out[list(sample)], roundtrip)
@@ -539,8 +539,7 @@ class FacePoison:
         for detector in run.detectors:
             trace = run.losses.get(detector.name, [])[since:]
             visible = sum(faces_after[detector.name]) > 0
-            # the mean of two iterations at either end: one EOT draw is noisy
-            first, last = float(np.mean(trace[:2] or [0])), float(np.mean(trace[-2:] or [0]))
+            first, last = _trace_ends(trace)
             stalled = len(trace) > 3 and last > (1 - self.config.give_up_ratio) * first
             if visible and stalled:
                 log.info("%s: loss %.3g → %.3g; left out of the repair rounds", detector.name,
@@ -810,8 +809,13 @@ class FacePoison:
         return bound
 
     def _initial_delta(
-        self, x: Tensor, init_delta: Tensor | None, generator: torch.Generator, bound: Tensor
+        self,
+        x: Tensor,
+        init_delta: Tensor | None,
+        generator: torch.Generator | None,
+        bound: Tensor,
     ) -> Tensor:
+        """``init_delta`` kept inside ``bound``, or a random start (``generator`` draws it)."""
         if init_delta is not None:
             delta = init_delta.to(x.device)
             return torch.maximum(torch.minimum(delta, bound), -bound)
@@ -830,12 +834,18 @@ def _finish_frames(x: Tensor, frames: np.ndarray, delta: Tensor, bound: Tensor) 
 
 def _loss_drops(losses: dict[str, list[float]]) -> dict[str, float]:
     """Per detector, the share of its score loss removed from the first two iterations to the
-    last two (one EOT draw is noisy)."""
+    last two."""
     drops = {}
     for name, trace in losses.items():
-        first, last = float(np.mean(trace[:2])), float(np.mean(trace[-2:]))
+        first, last = _trace_ends(trace)
         drops[name] = max(0.0, 1 - last / first) if first > 0 else 1.0
     return drops
+
+
+def _trace_ends(trace: list[float]) -> tuple[float, float]:
+    """A loss trace's start and end: the mean of two iterations at either end (one EOT draw
+    is noisy); 0 for an empty trace."""
+    return float(np.mean(trace[:2] or [0])), float(np.mean(trace[-2:] or [0]))
 
 
 def _crop(x: Tensor, window: Window) -> Tensor:
