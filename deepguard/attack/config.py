@@ -84,8 +84,9 @@ class VideoConfig(BaseModel):
         le=20,
         description="the attack's check encodes each frame alone at CRF + this (inside the "
         "clip most frames are P or B frames, quantised more coarsely than a lone I frame); "
-        "0 since the attack sees the real codec (eot_delivery): 4 left SCRFD on 1 of 10 "
-        "lp_d11 frames of the written file at 163 passes a frame, 0 on none at 113",
+        "0 since the attack sees the real codec (eot_delivery): with refine_step 1, 0 left "
+        "SCRFD on none of 10 lp_d11 frames of the written file at 113 passes a frame (4 "
+        "with the key frame's shrink off: on 1, at 163)",
     )
     x264_preset: str = Field("medium", description="libx264 speed/size preset")
 
