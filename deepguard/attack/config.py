@@ -229,13 +229,16 @@ class AttackConfig(BaseModel):
         return self.model_copy(update=changes)
 
     def for_warm_frames(self) -> AttackConfig:
-        """Settings for a frame warm-started from its predecessor: a short repair budget, and
-        by default no shrinking, which would only make the next frame grow it back (and
-        flicker)."""
+        """Settings for a frame warm-started from its predecessor: a short repair budget, by
+        default no shrinking, which would only make the next frame grow it back (and
+        flicker), and a delivery check from the first iteration on: a carried start is often
+        one or two steps from hiding (lp_d11, 10 frames: 75.9 passes per frame instead of
+        85.8 with the key frame's three)."""
         return self.model_copy(
             update={
                 "repair_rounds": self.video.repair_rounds,
                 "shrink_steps": self.video.warm_shrink_steps,
+                "min_iterations": 1,
                 "step": min(self.step, self.video.refine_step),
             }
         )

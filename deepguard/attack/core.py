@@ -300,12 +300,15 @@ class FacePoison:
         roundtrip: Roundtrip | None = None,
         progress: Progress | None = None,
         targets: Sequence[str] | None = None,
+        start_failed: bool = False,
     ) -> AttackResult:
         """Protect N×H×W×3 uint8 RGB frames. See the module docstring.
 
         ``targets`` names the detectors to attack and to verify against (default: all). A
         video gives up on a detector for the rest of a scene once a full attack on the scene's
         first frame could not hide the face from it; faces are still counted for every one.
+        ``start_failed``: the caller saw ``init_delta`` fail its delivery check already
+        (:meth:`hold`), so it is not checked again before the first iteration.
         """
         config = self.config
         active = [d for d in self.detectors if targets is None or d.name in targets]
@@ -364,7 +367,11 @@ class FacePoison:
         tick = time.perf_counter()
         rounds = 0
         # a warm start (the previous video frame's perturbation) often hides the face already
-        skip_first = init_delta is not None and not self._visible_after_delivery(run, run.delta)
+        skip_first = (
+            init_delta is not None
+            and not start_failed
+            and not self._visible_after_delivery(run, run.delta)
+        )
         while True:
             if rounds or not skip_first:
                 run.round_starts.append(run.iterations)

@@ -51,6 +51,8 @@ class PoisonStage:
         self.memory = MemoryGuard(device, self.batch_size, gpu_share)
         # where the last chunk ended: a worker that gets the next chunk too carries on from it
         self._carry_over: tuple[int, torch.Tensor, FrameTracks, set[str]] | None = None
+        #: frames the next carried run holds at most (see :meth:`_warm`)
+        self._run_length = config.video.sample_every
 
     def protect_frames(
         self,
@@ -76,6 +78,7 @@ class PoisonStage:
         roundtrip: Roundtrip | None = None,
         progress: Progress | None = None,
         targets: list[str] | None = None,
+        start_failed: bool = False,
     ) -> AttackResult:
         """``attack.protect`` on ``frames`` in batches that fit in memory, with fewer frames
         per batch and then fewer iterations after an out-of-memory error: the one place the
@@ -91,6 +94,7 @@ class PoisonStage:
                 roundtrip=roundtrip,
                 progress=progress,
                 targets=targets,
+                start_failed=start_failed,
             )
 
         results, fallbacks = self.memory.run(len(frames), frames.shape[1:3], budget, attempt)
@@ -111,15 +115,18 @@ class PoisonStage:
         start = 0
         while start < len(chunk):
             key = reference is None or start in chunk.scene_starts or not warm
-            stop = self._batch_stop(chunk, start, 1 if key else self.config.video.sample_every)
+            stop = self._batch_stop(chunk, start, 1 if key else self._run_length)
             frames = chunk.frames[start:stop]
             tracks = chunk.tracks[start:stop] if chunk.tracks else [{}] * (stop - start)
-            windows = self._windows(tracks, frames.shape[1:3])
             if key:
+                windows = self._windows(tracks, frames.shape[1:3])
                 result = self._attack(self.attack, frames, windows=windows, roundtrip=roundtrip)
                 given_up = _detectors_to_give_up(result, self.config.video.give_up_below)
+                self._run_length = self.config.video.sample_every
             else:
-                result = self._warm(frames, tracks, windows, reference, given_up)
+                result = self._warm(frames, tracks, reference, given_up)
+                stop = start + len(result.frames)  # a failed run may end early
+                frames, tracks = frames[: stop - start], tracks[: stop - start]
             chunk.protected[start:stop] = result.frames
             # the tools' detectors outside the ensemble count the clean frames here, where
             # they are in memory; cheap next to the attack (720p on 2 CPU cores, RetinaFace
@@ -142,26 +149,46 @@ class PoisonStage:
         self,
         frames: np.ndarray,
         tracks: list[FrameTracks],
-        windows: list[Window] | None,
         reference: tuple[torch.Tensor, FrameTracks],
         given_up: set[str],
     ) -> AttackResult:
-        """Frames after a key frame: the reference perturbation carried along the tracks, kept
-        as it is when the last frame's delivery shows no face, else refined from there."""
+        """Frames after a key frame: the reference perturbation carried along the tracks.
+        Returns the result for the first frames of the run only when a check fails.
+
+        The run's last frame is checked (its delivery may show no face); a run that fails is
+        halved until one passes. A frame whose carried start fails on its own is refined
+        alone, and its refined perturbation becomes the reference for the frames after it.
+        Refinement is paid where the carry breaks, not by every frame of a failed run (which
+        were all refined, 96–132 passes each, on lp_d11). A held run lets the next one grow
+        to twice its length, up to ``video.sample_every``; a refined frame starts the next
+        run at one frame. On a GPU, a batch's worth of frames is refined together."""
         targets = [n for n in self.config.detectors if n not in given_up]
         carried = self._carried(reference, tracks)
-        last = [len(frames) - 1]  # the farthest from the reference: the likeliest to fail
-        held = self.attack.hold(frames, carried, windows, self.roundtrip, last, targets)
-        if held is not None:
-            return held
+        size = len(frames)
+        while True:
+            windows = self._windows(tracks[:size], frames.shape[1:3])
+            held = self.attack.hold(
+                frames[:size], carried[:size], windows, self.roundtrip, [size - 1], targets
+            )
+            if held is not None:
+                self._run_length = min(self.config.video.sample_every, 2 * size)
+                return held
+            if size == 1:
+                break
+            size //= 2
+        self._run_length = 1
+        # refined together: as many frames as a batch holds (one on a CPU, where frames in a
+        # batch cost as much as frames alone)
+        size = min(len(frames), self.memory.batch_limit)
         return self._attack(
             self.warm_attack,
-            frames,
-            init_delta=carried,
-            windows=windows,
+            frames[:size],
+            init_delta=carried[:size],
+            windows=self._windows(tracks[:size], frames.shape[1:3]),
             iterations=self.config.video.refine_iterations,
             roundtrip=self.roundtrip,
             targets=targets,
+            start_failed=size == 1,  # the frame hold just checked
         )
 
     @staticmethod

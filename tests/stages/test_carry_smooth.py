@@ -37,6 +37,20 @@ def test_carry_scales_with_the_box_and_ignores_new_faces() -> None:
     assert torch.allclose(carried[:, 12:38, 12:38], torch.ones(3, 26, 26))
 
 
+def test_a_face_that_barely_moved_keeps_its_pattern_pixel_for_pixel() -> None:
+    # an adversarial pattern alternates from pixel to pixel; resampling it at a sub-pixel
+    # offset would average neighbours and wash it out
+    delta = torch.zeros(3, 64, 64)
+    delta[:, 10:40, 10:40] = 6 * (1 - 2 * ((torch.arange(30)[:, None] + torch.arange(30)) % 2))
+    source = {3: (10.0, 10.0, 40.0, 40.0)}
+    nudged = {3: (10.4, 9.7, 40.6, 39.8)}  # moved by a fraction of a pixel, 0.7 % wider
+    carried, _ = carry_delta(delta, source, nudged, margin=0.0, min_margin=0.0)
+    assert torch.equal(carried[:, 11:39, 11:39], delta[:, 11:39, 11:39])
+    moved = {3: (13.2, 15.1, 43.4, 45.0)}  # three pixels right, five down
+    carried, _ = carry_delta(delta, source, moved, margin=0.0, min_margin=0.0)
+    assert torch.equal(carried[:, 16:44, 14:42], delta[:, 11:39, 11:39])
+
+
 @pytest.fixture(scope="module")
 def yunet_attack() -> FacePoison:
     # the smoothing mechanics, judged at native size only (tools=[])

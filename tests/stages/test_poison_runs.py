@@ -1,0 +1,57 @@
+"""Frames after a key frame: a carried run is kept whole when its last frame passes its check,
+and only the frame where the carry breaks is refined."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepguard.attack.config import load_preset
+from deepguard.models.registry import load_detector
+from deepguard.stages.chunk import Chunk, FrameTracks
+from deepguard.stages.poison import PoisonStage
+from deepguard.stages.track import TrackStage
+from tests.media import read_frames
+
+
+@pytest.fixture(scope="module")
+def stage() -> PoisonStage:
+    # judged at native size only (tools=[]): the scheduling of runs, not the tool profiles
+    config = load_preset("balanced", detectors=["yunet"], epsilon=6, step=2, tools=[], seed=1)
+    return PoisonStage(config.for_video())
+
+
+@pytest.fixture(scope="module")
+def still(videos_dir: Path) -> tuple[np.ndarray, list[FrameTracks]]:
+    """One talking-head frame (256×256) four times, with its tracks: a face that holds still."""
+    frame = np.stack(read_frames(videos_dir / "lp_d11.mp4", 1))[:, ::2, ::2]
+    frames = np.repeat(frame, 4, axis=0)
+    chunk = TrackStage(load_detector("yunet", "cpu")).process(Chunk(0, frames, scene_starts=[0]))
+    assert all(chunk.tracks)
+    return frames, chunk.tracks
+
+
+def test_a_run_whose_last_frame_stays_hidden_is_kept_without_a_pass(
+    stage: PoisonStage, still: tuple[np.ndarray, list[FrameTracks]]
+) -> None:
+    frames, tracks = still
+    key = stage.protect_frames(frames[:1], windows=stage._windows(tracks[:1], frames.shape[1:3]))
+    assert key.faces_after["yunet"] == [0]
+    run = stage._warm(frames, tracks, (key.delta[0], tracks[0]), given_up=set())
+    assert len(run.frames) == 4 and run.passes == 0
+    assert stage._run_length == stage.config.video.sample_every
+
+
+def test_a_run_that_fails_refines_only_the_frame_where_the_carry_breaks(
+    stage: PoisonStage, still: tuple[np.ndarray, list[FrameTracks]]
+) -> None:
+    frames, tracks = still
+    nothing = torch.zeros(3, *frames.shape[1:3])  # a carried start that hides nothing
+    run = stage._warm(frames, tracks, (nothing, tracks[0]), given_up=set())
+    # the run of 4 failed, then 2, then 1: the first frame alone is refined from there
+    assert len(run.frames) == 1 and run.passes > 0
+    assert run.faces_after["yunet"] == [0]
+    assert stage._run_length == 1  # the next run starts short and grows while it holds
