@@ -38,11 +38,18 @@ class VideoConfig(BaseModel):
         "smaller steps flicker less, but 0.25 could not repair a frame in its budget "
         "(lp_d11: SCRFD still found on 8 of 10 frames)",
     )
+    segment_frames: int = Field(
+        12,
+        ge=1,
+        description="frames after a key frame go in segments of up to this many: the carried "
+        "perturbation is kept when the segment's last frame passes its check, else one "
+        "perturbation is learnt for the segment",
+    )
     sample_every: int = Field(
         4,
         ge=1,
-        description="frames after a key frame keep their carried perturbation in runs of up "
-        "to this many, checked on the run's last frame; a run whose check fails is refined",
+        description="a segment's perturbation is learnt on every this-many-th frame and the "
+        "last, attacked together",
     )
     refine_iterations: int = Field(
         4, ge=1, description="iterations on a warm-started frame that is not yet hidden"
@@ -68,8 +75,9 @@ class VideoConfig(BaseModel):
     batch_size: int | None = Field(
         None,
         ge=1,
-        description="frames attacked together, at most; default 1 on CPU, 8 on GPU, where "
-        "it also shrinks to what free GPU memory holds",
+        description="frames attacked together, at most; default 4 on CPU (where only a "
+        "segment's sampled frames, which share one perturbation, go together), 8 on GPU, "
+        "where it also shrinks to what free GPU memory holds",
     )
     smoothing: float = Field(
         0.5, ge=0, lt=1, description="weight of the previous frame's perturbation (0: off)"

@@ -62,9 +62,10 @@ class AttackResult:
     #: detector → faces per frame, delivered output (None: a frame :meth:`FacePoison.hold`
     #: did not check)
     faces_after: dict[str, list[int | None]]
-    #: tool profile → faces per frame, through the ensemble's looks (clean / delivered)
+    #: tool profile → faces per frame, through the ensemble's looks (clean / delivered;
+    #: None as in ``faces_after``)
     tools_before: dict[str, list[int]] = field(default_factory=dict)
-    tools_after: dict[str, list[int]] = field(default_factory=dict)
+    tools_after: dict[str, list[int | None]] = field(default_factory=dict)
     iterations: int = 0
     passes: int = 0  # detector forward+backward passes
     repair_rounds: int = 0
@@ -109,6 +110,7 @@ class _Run:
     round_starts: list[int] = field(default_factory=list)
     # look → the highest score it saw in this iteration's views: the cheap check
     peaks: dict[Look, float] = field(default_factory=dict)
+    shared: bool = False  # one perturbation for all frames (see FacePoison.protect)
 
 
 def frames_to_tensor(frames: np.ndarray, device: torch.device | str) -> Tensor:
@@ -278,13 +280,14 @@ class FacePoison:
         if any(sum(found[name]) for name in names):
             return None
         before = self.judge([frames])
-        unknown = {name: [None] * len(frames) for name in self.table}
+        tools_before = before.by_tool()
         return AttackResult(
             frames=out,
             delta=delta,
             faces_before=before.by_detector(),
-            faces_after=unknown,
-            tools_before=before.by_tool(),
+            faces_after={name: [None] * len(frames) for name in self.table},
+            tools_before=tools_before,
+            tools_after={tool: [None] * len(frames) for tool in tools_before},
             precision=self.autocast.name,
         )
 
@@ -301,6 +304,7 @@ class FacePoison:
         progress: Progress | None = None,
         targets: Sequence[str] | None = None,
         start_failed: bool = False,
+        shared: bool = False,
     ) -> AttackResult:
         """Protect N×H×W×3 uint8 RGB frames. See the module docstring.
 
@@ -308,7 +312,9 @@ class FacePoison:
         video gives up on a detector for the rest of a scene once a full attack on the scene's
         first frame could not hide the face from it; faces are still counted for every one.
         ``start_failed``: the caller saw ``init_delta`` fail its delivery check already
-        (:meth:`hold`), so it is not checked again before the first iteration.
+        (:meth:`hold`), so it is not checked again before the first iteration. ``shared``: the
+        frames are attacked with one perturbation, their mean (frames of one scene, where the
+        face barely moves): it then holds on the frames between them too.
         """
         config = self.config
         active = [d for d in self.detectors if targets is None or d.name in targets]
@@ -339,6 +345,8 @@ class FacePoison:
         levels = self._budget(frames, x)
         mask, bound = self._placed(x, windows, levels)
         delta = self._initial_delta(x, init_delta, generator, bound) * mask
+        if shared:
+            delta = torch.maximum(torch.minimum(delta.mean(0, keepdim=True), bound), -bound) * mask
         run = _Run(
             x=x,
             frames=frames,
@@ -362,6 +370,7 @@ class FacePoison:
             progress=progress,
             total_budget=budget + config.repair_rounds * config.repair_iterations,
             looks=looks,
+            shared=shared,
         )
 
         tick = time.perf_counter()
@@ -424,7 +433,9 @@ class FacePoison:
         for step in range(1, budget + 1):
             run.peaks = {}
             delta = run.delta.detach().requires_grad_(True)
-            adversarial = self._through_delivery(run, quantize_uint8(run.x + delta))
+            # shared: every frame sees the mean, so every frame's delta gets the same step
+            seen = delta.mean(0, keepdim=True).expand_as(delta) if run.shared else delta
+            adversarial = self._through_delivery(run, quantize_uint8(run.x + seen))
             # [accumulated through momentum, used as is]
             surrogates = [adversarial.new_zeros(()), adversarial.new_zeros(())]
             # the file is re-encoded at full size once per draw; each tool resizes that

@@ -12,6 +12,7 @@ memory and falls back on out-of-memory errors (:mod:`deepguard.attack.memory`).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -25,6 +26,8 @@ from deepguard.attack.regions import Window
 from deepguard.attack.tool_counts import ToolCounts, with_uncovered
 from deepguard.stages.carry import carry_delta, track_windows
 from deepguard.stages.chunk import Chunk, FrameTracks
+
+log = logging.getLogger(__name__)
 
 
 class PoisonStage:
@@ -46,13 +49,13 @@ class PoisonStage:
         self.warm_attack = FacePoison(config.for_warm_frames(), self.attack.detectors, device)
         self.roundtrip = roundtrip
         cuda = torch.device(device).type == "cuda"
-        self.batch_size = batch_size or config.video.batch_size or (8 if cuda else 1)
+        # on a CPU, frames in a batch cost what they cost alone; only a segment's sampled
+        # frames, which share one perturbation, need to go together there
+        self.batch_size = batch_size or config.video.batch_size or (8 if cuda else 4)
         # on CUDA the batch also shrinks to what free memory holds; halved on out of memory
         self.memory = MemoryGuard(device, self.batch_size, gpu_share)
         # where the last chunk ended: a worker that gets the next chunk too carries on from it
         self._carry_over: tuple[int, torch.Tensor, FrameTracks, set[str]] | None = None
-        #: frames the next carried run holds at most (see :meth:`_warm`)
-        self._run_length = config.video.sample_every
 
     def protect_frames(
         self,
@@ -79,6 +82,7 @@ class PoisonStage:
         progress: Progress | None = None,
         targets: list[str] | None = None,
         start_failed: bool = False,
+        shared: bool = False,
     ) -> AttackResult:
         """``attack.protect`` on ``frames`` in batches that fit in memory, with fewer frames
         per batch and then fewer iterations after an out-of-memory error: the one place the
@@ -95,6 +99,7 @@ class PoisonStage:
                 progress=progress,
                 targets=targets,
                 start_failed=start_failed,
+                shared=shared,
             )
 
         results, fallbacks = self.memory.run(len(frames), frames.shape[1:3], budget, attempt)
@@ -115,18 +120,15 @@ class PoisonStage:
         start = 0
         while start < len(chunk):
             key = reference is None or start in chunk.scene_starts or not warm
-            stop = self._batch_stop(chunk, start, 1 if key else self._run_length)
+            stop = self._batch_stop(chunk, start, 1 if key else self.config.video.segment_frames)
             frames = chunk.frames[start:stop]
             tracks = chunk.tracks[start:stop] if chunk.tracks else [{}] * (stop - start)
             if key:
                 windows = self._windows(tracks, frames.shape[1:3])
                 result = self._attack(self.attack, frames, windows=windows, roundtrip=roundtrip)
                 given_up = _detectors_to_give_up(result, self.config.video.give_up_below)
-                self._run_length = self.config.video.sample_every
             else:
                 result = self._warm(frames, tracks, reference, given_up)
-                stop = start + len(result.frames)  # a failed run may end early
-                frames, tracks = frames[: stop - start], tracks[: stop - start]
             chunk.protected[start:stop] = result.frames
             # the tools' detectors outside the ensemble count the clean frames here, where
             # they are in memory; cheap next to the attack (720p on 2 CPU cores, RetinaFace
@@ -152,44 +154,60 @@ class PoisonStage:
         reference: tuple[torch.Tensor, FrameTracks],
         given_up: set[str],
     ) -> AttackResult:
-        """Frames after a key frame: the reference perturbation carried along the tracks.
-        Returns the result for the first frames of the run only when a check fails.
+        """A segment of frames after a key frame (up to ``video.segment_frames``).
 
-        The run's last frame is checked (its delivery may show no face); a run that fails is
-        halved until one passes. A frame whose carried start fails on its own is refined
-        alone, and its refined perturbation becomes the reference for the frames after it.
-        Refinement is paid where the carry breaks, not by every frame of a failed run (which
-        were all refined, 96–132 passes each, on lp_d11). A held run lets the next one grow
-        to twice its length, up to ``video.sample_every``; a refined frame starts the next
-        run at one frame. On a GPU, a batch's worth of frames is refined together."""
+        The reference perturbation, carried along the tracks, is kept for the whole segment
+        when its last frame's delivery shows no face. Otherwise one perturbation is learnt for
+        the segment, on every ``video.sample_every``-th frame and the last, attacked together
+        (``shared``): a perturbation learnt on one frame alone was found again by SCRFD on
+        the very next frame of lp_d11, while one learnt on frames 0, 4, 8 and 12 also hid
+        the face on frames 3, 9 and 12 (and 6 from all but one look). It is learnt in place,
+        from the carried start of the segment's first frame, within that frame's windows:
+        averaging starts carried onto each sampled frame blurred the pattern (their shifts
+        differ), as resampling does, and the frames were then refined one by one. Every frame
+        of the segment takes it, is checked alone, and is refined from it if that fails."""
         targets = [n for n in self.config.detectors if n not in given_up]
+        size = frames.shape[1:3]
         carried = self._carried(reference, tracks)
-        size = len(frames)
-        while True:
-            windows = self._windows(tracks[:size], frames.shape[1:3])
-            held = self.attack.hold(
-                frames[:size], carried[:size], windows, self.roundtrip, [size - 1], targets
-            )
-            if held is not None:
-                self._run_length = min(self.config.video.sample_every, 2 * size)
-                return held
-            if size == 1:
-                break
-            size //= 2
-        self._run_length = 1
-        # refined together: as many frames as a batch holds (one on a CPU, where frames in a
-        # batch cost as much as frames alone)
-        size = min(len(frames), self.memory.batch_limit)
-        return self._attack(
+        windows = self._windows(tracks, size)
+        last = [len(frames) - 1]
+        held = self.attack.hold(frames, carried, windows, self.roundtrip, last, targets)
+        if held is not None:
+            return held
+        stride = self.config.video.sample_every
+        picks = sorted({*range(0, len(frames), stride), len(frames) - 1})
+        joint = self._attack(
             self.warm_attack,
-            frames[:size],
-            init_delta=carried[:size],
-            windows=self._windows(tracks[:size], frames.shape[1:3]),
+            frames[picks],
+            init_delta=carried[:1].expand(len(picks), -1, -1, -1),
+            windows=self._windows([tracks[0]] * len(picks), size),
             iterations=self.config.video.refine_iterations,
             roundtrip=self.roundtrip,
             targets=targets,
-            start_failed=size == 1,  # the frame hold just checked
+            shared=True,
         )
+        learnt = joint.delta[-1:]
+        results = []
+        for index in range(len(frames)):
+            frame = frames[index : index + 1]
+            window = self._windows(tracks[index : index + 1], size)
+            kept = self.attack.hold(frame, learnt, window, self.roundtrip, [0], targets)
+            results.append(kept or self._attack(
+                self.warm_attack, frame, init_delta=learnt, windows=window,
+                iterations=self.config.video.refine_iterations, roundtrip=self.roundtrip,
+                targets=targets, start_failed=True,
+            ))  # fmt: skip
+        refined = sum(result.passes > 0 for result in results)
+        log.debug("a segment of %d frames: %d passes learning its perturbation on %d, %d "
+                  "refined after it", len(frames), joint.passes, len(picks), refined)  # fmt: skip
+        for index, result in enumerate(results):  # in the segment's frame numbers
+            for fallback in result.fallbacks:
+                fallback["frame"] += index
+        fallbacks = joint.fallbacks + [f for result in results for f in result.fallbacks]
+        segment = _merge(results, fallbacks)
+        segment.passes += joint.passes
+        segment.iterations = max(segment.iterations, joint.iterations)
+        return segment
 
     @staticmethod
     def _batch_stop(chunk: Chunk, start: int, size: int) -> int:

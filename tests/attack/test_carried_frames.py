@@ -13,6 +13,7 @@ import torch
 
 from deepguard.attack.config import load_preset
 from deepguard.attack.core import FacePoison
+from deepguard.attack.regions import Window
 from tests.media import read_frames
 
 
@@ -67,3 +68,17 @@ def test_the_delivery_codec_is_seen_forward_and_passed_straight_through_backward
     assert yunet_attack.config.model_copy(update={"eot_delivery": 0.0}).eot_delivery == 0.0
     untouched = FacePoison(load_preset("balanced", detectors=["yunet"]), attack.detectors)
     assert untouched._through_delivery(run, x) is x
+
+
+def test_frames_attacked_with_a_shared_perturbation_end_with_the_same_one(
+    yunet_attack: FacePoison, videos_dir: Path
+) -> None:
+    frames = np.stack(read_frames(videos_dir / "lp_d11.mp4", 9))[[0, 8], ::2, ::2].copy()
+    height, width = frames.shape[1:3]
+    around_the_face = [
+        Window(i, width // 4, height // 8, 3 * width // 4, 7 * height // 8) for i in (0, 1)
+    ]
+    result = yunet_attack.protect(frames, windows=around_the_face, shared=True)
+    assert result.iterations > 0 and result.delta.abs().max() > 0
+    # the same up to float rounding (each frame is clipped to 0..255 on its own)
+    torch.testing.assert_close(result.delta[0], result.delta[1], atol=1e-3, rtol=0)
