@@ -47,6 +47,7 @@ class PoisonStage:
         self.attack = FacePoison(config, device=device)
         # warm frames share the loaded detectors but get a shorter repair budget
         self.warm_attack = FacePoison(config.for_warm_frames(), self.attack.detectors, device)
+        self.segment_attack = FacePoison(config.for_segments(), self.attack.detectors, device)
         self.roundtrip = roundtrip
         cuda = torch.device(device).type == "cuda"
         # on a CPU, frames in a batch cost what they cost alone; only a segment's sampled
@@ -161,7 +162,9 @@ class PoisonStage:
         the segment, on every ``video.sample_every``-th frame and the last, attacked together
         (``shared``): a perturbation learnt on one frame alone was found again by SCRFD on
         the very next frame of lp_d11, while one learnt on frames 0, 4, 8 and 12 also hid
-        the face on frames 3, 9 and 12 (and 6 from all but one look). It is learnt in place,
+        the face on frames 3, 9 and 12 (and 6 from all but one look). It must clear the
+        sampled frames by ``video.segment_margin`` (see :meth:`AttackConfig.for_segments`).
+        It is learnt in place,
         from the carried start of the segment's first frame, within that frame's windows:
         averaging starts carried onto each sampled frame blurred the pattern (their shifts
         differ), as resampling does, and the frames were then refined one by one. Every frame
@@ -177,11 +180,11 @@ class PoisonStage:
         stride = self.config.video.sample_every
         picks = sorted({*range(0, len(frames), stride), len(frames) - 1})
         joint = self._attack(
-            self.warm_attack,
+            self.segment_attack,
             frames[picks],
             init_delta=carried[:1].expand(len(picks), -1, -1, -1),
             windows=self._windows([tracks[0]] * len(picks), size),
-            iterations=self.config.video.refine_iterations,
+            iterations=self.config.video.segment_iterations,
             roundtrip=self.roundtrip,
             targets=targets,
             shared=True,
