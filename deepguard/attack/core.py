@@ -345,8 +345,8 @@ class FacePoison:
         levels = self._budget(frames, x)
         mask, bound = self._placed(x, windows, levels)
         delta = self._initial_delta(x, init_delta, generator, bound) * mask
-        if shared:
-            delta = torch.maximum(torch.minimum(delta.mean(0, keepdim=True), bound), -bound) * mask
+        if shared:  # one start for all: their mean, inside each frame's bound
+            delta = self._initial_delta(x, delta.mean(0, keepdim=True), None, bound) * mask
         run = _Run(
             x=x,
             frames=frames,

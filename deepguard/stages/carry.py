@@ -2,9 +2,9 @@
 
 A face that moved or grew between frames takes its perturbation with it: the patch around
 its old box is shifted by whole pixels onto its new box, or resized onto it when the box's
-size changed. Warm-starting the attack from the carried patch
-costs a few iterations instead of a full attack, and keeps the pattern stable in time, which
-is what suppresses flicker.
+size changed. Warm-starting the attack from the carried patch costs a few iterations
+instead of a full attack, and keeps the pattern stable in time, which is what suppresses
+flicker.
 """
 
 from __future__ import annotations

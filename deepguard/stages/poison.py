@@ -164,11 +164,11 @@ class PoisonStage:
         the very next frame of lp_d11, while one learnt on frames 0, 4, 8 and 12 also hid
         the face on frames 3, 9 and 12 (and 6 from all but one look). It must clear the
         sampled frames by ``video.segment_margin`` (see :meth:`AttackConfig.for_segments`).
-        It is learnt in place,
-        from the carried start of the segment's first frame, within that frame's windows:
-        averaging starts carried onto each sampled frame blurred the pattern (their shifts
-        differ), as resampling does, and the frames were then refined one by one. Every frame
-        of the segment takes it, is checked alone, and is refined from it if that fails."""
+        It is learnt in place, from the carried start of the segment's first frame, within
+        that frame's windows: averaging starts carried onto each sampled frame blurred the
+        pattern (their shifts differ), as resampling does, and the frames were then refined
+        one by one. Every frame of the segment takes it, is checked alone, and is refined from
+        it if that fails."""
         targets = [n for n in self.config.detectors if n not in given_up]
         size = frames.shape[1:3]
         carried = self._carried(reference, tracks)
@@ -203,10 +203,11 @@ class PoisonStage:
         refined = sum(result.passes > 0 for result in results)
         log.debug("a segment of %d frames: %d passes learning its perturbation on %d, %d "
                   "refined after it", len(frames), joint.passes, len(picks), refined)  # fmt: skip
-        for index, result in enumerate(results):  # in the segment's frame numbers
-            for fallback in result.fallbacks:
-                fallback["frame"] += index
-        fallbacks = joint.fallbacks + [f for result in results for f in result.fallbacks]
+        fallbacks = joint.fallbacks + [  # in the segment's frame numbers
+            {**fallback, "frame": fallback["frame"] + index}
+            for index, result in enumerate(results)
+            for fallback in result.fallbacks
+        ]
         segment = _merge(results, fallbacks)
         segment.passes += joint.passes
         segment.iterations = max(segment.iterations, joint.iterations)
