@@ -167,6 +167,9 @@ def main() -> None:
                 for row in summary["tools"]
                 if row["covered"]
             },
+            # the check of the written file: frames it found a face on, attacked again, and
+            # the faces per detector on the file written before the repairs
+            "final_repair": summary["final_repair"],
             "flicker_added": summary["flicker"],
             "flicker_decoded": round(flicker(clean, decoded(out)), 3),
             "psnr_db": summary["psnr_db"],

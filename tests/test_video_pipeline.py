@@ -110,6 +110,45 @@ def test_pipeline_protects_a_clip_on_a_ray_cluster(cluster_address, clip, tmp_pa
     assert seen["remux"] == 10 and seen["verify"] == 10
 
 
+def test_a_frame_the_written_file_shows_is_repaired_and_the_clip_encoded_again(
+    cluster_address, clip, tmp_path
+):
+    from deepguard.pipeline.video import VideoProtector, _build_poison
+    from deepguard.stages.video_io import EncoderSettings, H264Roundtrip
+
+    config = _config(smoothing=0.0)  # smoothing could cover the frame left bare
+    roundtrip = H264Roundtrip("yuv420p", EncoderSettings(17, "ultrafast"))
+
+    class LeaveFrameFiveBare:  # defined here so Ray ships it by value
+        def __init__(self):
+            self.poison = _build_poison(config.for_video(), "cpu", roundtrip)
+
+        def process(self, chunk):
+            chunk = self.poison.process(chunk)
+            if chunk.start <= 5 < chunk.stop:  # as if its protection broke inside the clip
+                chunk.protected[5 - chunk.start] = chunk.frames[5 - chunk.start]
+            return chunk
+
+    out = tmp_path / "talk.protected.mp4"
+    protector = VideoProtector(
+        config, Settings(RAY_ADDRESS=cluster_address), stages={"poison": LeaveFrameFiveBare}
+    )
+    seen: dict[str, int] = {}
+    report = protector.protect(
+        clip, out, progress=lambda stage, done, _: seen.__setitem__(stage, done)
+    )
+    repair = report["summary"]["final_repair"]
+    assert 5 in repair["frames"] and 1 <= repair["rounds"] <= 2
+    assert repair["faces_after_before_repair"]["yunet"] >= 1
+    frame = report["frames"][5]
+    assert frame["final_repair"]["passes"] > 0 and frame["psnr_db"] > 30
+    assert 1 <= frame["final_repair"]["rounds"] <= repair["rounds"]
+    assert frame["faces_after"]["yunet"] == 0  # judged on the file written the second time
+    assert seen["repair"] == 10 and seen["verify"] == 10 and seen["remux"] == 10
+    assert _frame_count(out) == 10 and _audio(out) == _audio(clip)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no partial file or spill left
+
+
 def test_a_crashing_worker_fails_the_job_and_leaves_no_file(cluster_address, clip, tmp_path):
     from deepguard.pipeline.video import VideoProtector
 

@@ -107,6 +107,20 @@ class VideoConfig(BaseModel):
         "with the key frame's shrink off: on 1, at 163)",
     )
     x264_preset: str = Field("medium", description="libx264 speed/size preset")
+    final_repairs: int = Field(
+        2,
+        ge=0,
+        description="rounds of repairing the frames the check of the written file still finds "
+        "a face on: those frames are attacked again and the clip is encoded again (0: the "
+        "check only reports them, and no perturbation is kept on disk)",
+    )
+    repair_crf_margin: int = Field(
+        4,
+        ge=0,
+        le=20,
+        description="a repaired frame is judged encoded alone at CRF + this: it passed that "
+        "check at the output's CRF and still showed the face inside the clip",
+    )
 
 
 class AttackConfig(BaseModel):

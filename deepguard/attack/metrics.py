@@ -18,6 +18,12 @@ def psnr(clean: np.ndarray, protected: np.ndarray) -> float:
     return math.inf if error == 0 else 10 * math.log10(255.0**2 / error)
 
 
+def report_psnr(clean: np.ndarray, protected: np.ndarray) -> float | None:
+    """PSNR for a JSON report: rounded to 0.01 dB, ``None`` for an unchanged picture."""
+    value = psnr(clean, protected)
+    return round(value, 2) if math.isfinite(value) else None
+
+
 def _luma(image: np.ndarray) -> np.ndarray:
     rgb = np.asarray(image, dtype=np.float64)
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114

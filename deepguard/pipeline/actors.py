@@ -23,6 +23,7 @@ from deepguard.settings import Settings
 from deepguard.stages.chunk import Chunk
 from deepguard.stages.decode import VideoSource
 from deepguard.stages.remux import VideoSink
+from deepguard.stages.spill import DeltaSpill, SpilledDeltas
 from deepguard.stages.video_io import EncoderSettings, VideoInfo
 
 #: what the driver learns from each call: stage name, chunk start, frames, seconds
@@ -100,8 +101,11 @@ class RemuxActor:
     """Owns the output file while it is written; frames never come back to the driver."""
 
     def __init__(self, info: VideoInfo, partial: str, container: str,
-                 settings: EncoderSettings) -> None:  # fmt: skip
+                 settings: EncoderSettings, spill: str | None = None) -> None:  # fmt: skip
+        """``spill``: where to keep every written frame's perturbation, for repairs (none
+        when ``None``)."""
         self.sink = VideoSink(info, Path(partial), container, settings)
+        self.spill = DeltaSpill(Path(spill)) if spill else None
         self.expected = 0
 
     def process(self, chunk: Chunk) -> tuple[Progress, list[dict[str, Any]]]:
@@ -110,14 +114,22 @@ class RemuxActor:
             raise RuntimeError(f"remux: got frame {chunk.start}, expected {self.expected}")
         self.expected = chunk.stop
         self.sink.write(chunk)
+        if self.spill is not None:
+            protected = chunk.protected if chunk.protected is not None else chunk.frames
+            for offset, (clean, written) in enumerate(zip(chunk.frames, protected, strict=True)):
+                self.spill.put(chunk.start + offset, clean, written)
         return _progress("remux", chunk, started), chunk.stats
 
-    def close(self) -> int:
+    def close(self) -> tuple[int, SpilledDeltas | None]:
+        """Frames written, and the perturbations they were written with."""
         self.sink.close()
-        return self.sink.frames_written
+        deltas = self.spill.finish() if self.spill is not None else None
+        return self.sink.frames_written, deltas
 
     def abort(self) -> None:
         self.sink.abort()
+        if self.spill is not None:
+            self.spill.abort()
 
 
 @ray.remote

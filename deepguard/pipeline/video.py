@@ -1,9 +1,13 @@
-"""Protect a clip on Ray: decode → scenecut → track → poison (a pool) → smooth → remux → verify.
+"""Protect a clip on Ray: decode → scenecut → track → poison (a pool) → smooth → remux → verify,
+then, for frames the written file still shows a face on: decode → repair (a pool) → remux →
+verify.
 
 The driver only moves object references and small progress records. It keeps a bounded
 number of chunks in flight, so memory stays flat however long the video is. The output is
 written to a hidden partial file, verified by decoding it back, and renamed into place only
-when everything succeeded: a failed job leaves no file behind.
+when everything succeeded: a failed job leaves no file behind. Every written frame's
+perturbation is kept in a hidden spill file beside it, so failing frames can be repaired and
+the clip encoded again with every other frame exactly as before.
 """
 
 from __future__ import annotations
@@ -50,8 +54,10 @@ from deepguard.settings import Settings, get_settings
 from deepguard.stages.decode import VideoSource
 from deepguard.stages.poison import PoisonStage
 from deepguard.stages.remux import video_output_format
+from deepguard.stages.repair import RepairStage
 from deepguard.stages.scenecut import SceneCutStage
 from deepguard.stages.smooth import SmoothStage
+from deepguard.stages.spill import SpilledDeltas
 from deepguard.stages.track import TrackStage
 from deepguard.stages.verify import VerifyStage
 from deepguard.stages.video_io import EncoderSettings, H264Roundtrip, VideoInfo, output_pix_fmt
@@ -60,7 +66,8 @@ log = logging.getLogger(__name__)
 
 #: progress callback: (stage, frames done, frames expected or 0 when unknown)
 StageProgress = Callable[[str, int, int], None]
-STAGES = VIDEO_STAGES
+#: the repair pass's progress comes as one more stage, when it runs
+STAGES = (*VIDEO_STAGES, "repair")
 
 
 # -- stage builders: module-level so Ray can pickle them into the actors --------------------
@@ -86,6 +93,18 @@ def _build_smooth(config: AttackConfig, device: str, roundtrip: H264Roundtrip) -
 
 def _build_verify(config: AttackConfig, device: str) -> VerifyStage:
     return VerifyStage(FacePoison(config, device=device))
+
+
+def _build_repair(
+    config: AttackConfig,
+    device: str,
+    deltas: SpilledDeltas,
+    failing: dict[int, list[str]],
+    roundtrip: H264Roundtrip,
+    gpu_share: float = 1.0,
+) -> RepairStage:
+    poison = PoisonStage(config, device=device, gpu_share=gpu_share)
+    return RepairStage(poison, deltas, failing, roundtrip)
 
 
 class VideoProtector:
@@ -117,20 +136,20 @@ class VideoProtector:
         info = source.info
         container = video_output_format(output_path, info)
         connect(self.settings)
-        handle, partial = temporary_beside(output_path)
-        os.close(handle)
-        run = _Run(self, info, partial, container, progress or (lambda *_: None))
+        run = _Run(self, info, output_path, container, progress or (lambda *_: None))
         try:
             run.start_actors()
             rows = run.protect()
             run.verify(rows)
-            os.replace(partial, output_path)
+            run.repair(rows)
+            os.replace(run.partial, output_path)
             fault_point("after_rename")
         except BaseException:
             run.abort()
             raise
         finally:
             run.stop_actors()
+            run.remove_temporaries()
         report = run.report(rows, source_path, output_path, time.perf_counter() - started)
         if report_path:
             write_atomically(report_path, json.dumps(report, indent=2).encode())
@@ -140,13 +159,16 @@ class VideoProtector:
 class _Run:
     """The actors and bookkeeping of one job."""
 
-    def __init__(self, owner: VideoProtector, info: VideoInfo, partial: Path, container: str,
+    def __init__(self, owner: VideoProtector, info: VideoInfo, output: Path, container: str,
                  progress: StageProgress) -> None:  # fmt: skip
         self.owner = owner
         self.config = owner.config
         self.settings = owner.settings
         self.info = info
-        self.partial = partial
+        self.output = output
+        # hidden files beside the output: partial encodes and perturbation spills
+        self.temporaries: list[Path] = []
+        self.partial = self._temporary()
         self.container = container
         self.progress = progress
         self.done = dict.fromkeys(STAGES, 0)
@@ -155,6 +177,13 @@ class _Run:
         self.pts: list[int] = []
         self.actors: list[ray.actor.ActorHandle] = []
         self.remux: ray.actor.ActorHandle | None = None
+        # the actors of the pass that wrote the file: done with once it is verified
+        self.pass_actors: list[ray.actor.ActorHandle] = []
+        # every written frame's perturbation (None: final repairs are off)
+        self.deltas: SpilledDeltas | None = None
+        self.repaired: list[int] = []  # frames the repair passes attacked again
+        self.repair_rounds = 0
+        self.found_before_repair: dict[str, int] | None = None
         # the loops' results in flight (refs, or pairs of refs from one call): what a failed
         # run leaves in them is settled once the actors are gone
         self.unsettled: list[Collection] = []
@@ -170,6 +199,23 @@ class _Run:
         video = owner.config.video
         harsher = EncoderSettings(min(51, video.crf + video.verify_crf_margin), video.x264_preset)
         self.roundtrip = H264Roundtrip(pix_fmt, harsher)
+        repairs = EncoderSettings(min(51, video.crf + video.repair_crf_margin), video.x264_preset)
+        self.repair_roundtrip = H264Roundtrip(pix_fmt, repairs)
+
+    def _temporary(self) -> Path:
+        handle, path = temporary_beside(self.output)
+        os.close(handle)
+        self.temporaries.append(path)
+        return path
+
+    def remove_temporaries(self) -> None:
+        """Spills, and partial files of a failed job (the finished one has been renamed)."""
+        for path in self.temporaries:
+            path.unlink(missing_ok=True)
+        self.temporaries = []
+
+    def _spill(self) -> str | None:
+        return str(self._temporary()) if self.config.video.final_repairs else None
 
     # -- actors ----------------------------------------------------------------------------
 
@@ -205,9 +251,10 @@ class _Run:
         smooth = functools.partial(_build_smooth, config, device, self.roundtrip)
         self.smoother = self._stage("smooth", smooth, True, detectors=True)
         self.remux = RemuxActor.options(num_cpus=0).remote(
-            info, str(self.partial), self.container, self.owner.encoder
+            info, str(self.partial), self.container, self.owner.encoder, self._spill()
         )
         self.actors.append(self.remux)
+        self.pass_actors = [self.decoder, *self.pool, self.scenecut, self.tracker, self.smoother]
 
     def stop_actors(self) -> None:
         for actor in self.actors:
@@ -218,10 +265,10 @@ class _Run:
 
     def abort(self) -> None:
         if self.remux is not None:
-            # the actor may be what failed; the partial file is removed below anyway
+            # the actor may be what failed; the partial files are removed anyway
             with contextlib.suppress(RayError):
                 ray.get(self.remux.abort.remote(), timeout=30)
-        self.partial.unlink(missing_ok=True)
+        self.remove_temporaries()
 
     # -- the streaming loop ----------------------------------------------------------------
 
@@ -255,7 +302,7 @@ class _Run:
                 self._advance(self._get(written, stats))
                 rows += self._get(stats)
         self._poll(watched, wait=True)
-        frames = self._get(self.remux.close.remote())
+        frames, self.deltas = self._get(self.remux.close.remote())
         if frames != len(self.pts):
             raise DeepguardError(f"wrote {frames} frames but decoded {len(self.pts)}")
         return rows
@@ -294,10 +341,12 @@ class _Run:
             self.config.video.chunk_size,
             container=self.container,
         )
+        self.done["verify"] = 0  # a repair pass checks the whole file again
         verify = functools.partial(_build_verify, self.config, self.device)
-        for actor in (*self.pool, self.scenecut, self.tracker, self.smoother):
+        for actor in self.pass_actors:
             ray.kill(actor)  # done with; free their CPUs and memory for the verify pool
         pool = [self._stage("verify", verify, False, heavy=True) for _ in range(self.pool_size)]
+        self.pass_actors = pool  # and the verify pool's for a repair pass
         pending: deque[tuple[ray.ObjectRef, ray.ObjectRef]] = deque()
         self.unsettled.append(pending)
         written_pts: list[int] = []
@@ -310,6 +359,76 @@ class _Run:
             self._collect(pending.popleft(), rows)
         if written_pts != self.pts:
             raise DeepguardError("the written video's frame timestamps differ from the input's")
+
+    # -- repairing what the written file still shows ---------------------------------------
+
+    def repair(self, rows: list[dict[str, Any]]) -> None:
+        """Attack again the frames the written file still shows a face on, encode the clip
+        again and check it again: up to ``video.final_repairs`` rounds. A frame still found
+        after them is in the report as found."""
+        for _ in range(self.config.video.final_repairs):
+            failing = _failing(rows, self.config.detectors)
+            if not failing:
+                return
+            if not self.repaired:  # what the first written file showed, for the report
+                self.found_before_repair = {
+                    name: sum(row["faces_after"][name] for row in rows)
+                    for name in self.config.detectors
+                }
+            self.repair_rounds += 1
+            log.info("%d frames still show a face in the written file; repairing them",
+                     len(failing))  # fmt: skip
+            self.repaired = sorted({*self.repaired, *failing})
+            self._encode_again(failing, rows)
+            self.verify(rows)
+
+    def _encode_again(self, failing: dict[int, list[str]], rows: list[dict[str, Any]]) -> None:
+        """decode → repair (a pool) → remux into a new partial file and spill, in order."""
+        for actor in self.pass_actors:
+            ray.kill(actor)
+        video, old = self.config.video, (self.partial, self.deltas, self.remux)
+        self.done["repair"] = 0
+        share = attack_gpu_share(self.settings) if self.gpus else 1.0
+        build = functools.partial(_build_repair, self.config, self.device, self.deltas, failing,
+                                  self.repair_roundtrip, share)  # fmt: skip
+        decoder = DecodeActor.options(num_cpus=0).remote(
+            str(self.info.path), self.settings.max_image_pixels, video.chunk_size
+        )
+        self.actors.append(decoder)
+        pool = [self._stage("repair", build, False, heavy=True) for _ in range(self.pool_size)]
+        self.partial = self._temporary()
+        self.remux = RemuxActor.options(num_cpus=0).remote(
+            self.info, str(self.partial), self.container, self.owner.encoder, self._spill()
+        )
+        self.actors.append(self.remux)
+        self.pass_actors = [decoder, *pool]
+        in_flight: deque[tuple[ray.ObjectRef, ...]] = deque()
+        self.unsettled.append(in_flight)
+        frame, submitted, finished = 0, 0, False
+        while not finished or in_flight:
+            while not finished and len(in_flight) < self.pool_size + 2:
+                decoded, chunk = decoder.next.options(num_returns=2).remote()
+                if not self._get(decoded, chunk)["frames"]:
+                    finished = True
+                    break
+                worker = pool[submitted % self.pool_size]
+                record, chunk = worker.process.options(num_returns=2).remote(chunk)
+                in_flight.append((record, *self.remux.process.options(num_returns=2).remote(chunk)))
+                submitted += 1
+            if in_flight:
+                record, written, stats = in_flight.popleft()
+                self._advance(self._get(record))
+                self._get(written, stats)
+                for row in self._get(stats):
+                    rows[frame].update(_with_earlier_repairs(row, rows[frame]))
+                    frame += 1
+        frames, self.deltas = self._get(self.remux.close.remote())
+        if frames != len(self.pts):
+            raise DeepguardError(f"wrote {frames} frames again but decoded {len(self.pts)}")
+        ray.kill(old[2])
+        old[0].unlink(missing_ok=True)
+        if old[1] is not None:
+            old[1].remove()
 
     def _collect(self, refs: tuple[ray.ObjectRef, ray.ObjectRef], rows: list[dict]) -> None:
         record, chunk = self._get(*refs), self._get(refs[1])
@@ -358,7 +477,17 @@ class _Run:
                 "detectors": detectors,
                 "tools": self._tool_rows(rows),
                 "iterations_per_frame": _mean(r["iterations"] for r in rows),
-                "detector_passes_per_frame": _mean(r["passes"] for r in rows),
+                "detector_passes_per_frame": _mean(
+                    r["passes"] + r.get("final_repair", {}).get("passes", 0) for r in rows
+                ),
+                # frames the check of the written file found a face on, attacked again
+                "final_repair": {
+                    "rounds": self.repair_rounds,
+                    "frames": self.repaired,
+                    # faces per detector on the first written file (the figures above are
+                    # on the last)
+                    "faces_after_before_repair": self.found_before_repair,
+                },
                 "key_frames": sum(r["key_frame"] for r in rows),
                 "psnr_db": _mean(psnr),
                 "flicker": _mean(flicker, 4),
@@ -383,6 +512,26 @@ class _Run:
         before, after = _per_tool(rows, "tools_before"), _per_tool(rows, "tools_after")
         profiles = enabled_profiles(self.config.tools)
         return tool_summary(profiles, self.config.detectors, before, after)
+
+
+def _with_earlier_repairs(row: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
+    """A repair pass's row for a frame, its passes and rounds added to an earlier pass's."""
+    if "final_repair" not in row or "final_repair" not in earlier:
+        return row
+    before, now = earlier["final_repair"], row["final_repair"]
+    total = {key: before[key] + now[key] for key in ("passes", "iterations", "rounds")}
+    return {**row, "final_repair": {**now, **total}}
+
+
+def _failing(rows: list[dict[str, Any]], detectors: list[str]) -> dict[int, list[str]]:
+    """Frames the written file still shows a face on, each with the detectors its scene still
+    attacks (all of them are attacked again: a repair must not bring back another)."""
+    failing = {}
+    for index, row in enumerate(rows):
+        attacked = [name for name in detectors if name not in row.get("given_up", ())]
+        if any(row["faces_after"].get(name, 0) for name in attacked):
+            failing[index] = attacked
+    return failing
 
 
 def _flatten(collections: list[Collection]) -> list[ray.ObjectRef]:

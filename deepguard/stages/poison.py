@@ -72,6 +72,21 @@ class PoisonStage:
             progress=progress,
         )  # fmt: skip
 
+    def repair_frame(
+        self,
+        frame: np.ndarray,
+        start: torch.Tensor,
+        roundtrip: Roundtrip | None,
+        targets: list[str],
+    ) -> AttackResult:
+        """A frame the check of the written file still found a face on (1×H×W×3): the key
+        frame's full attack on ``targets``, from the perturbation it was written with, which
+        failed (:class:`~deepguard.stages.repair.RepairStage`)."""
+        return self._attack(
+            self.attack, frame, init_delta=start, roundtrip=roundtrip, targets=targets,
+            start_failed=True,
+        )  # fmt: skip
+
     def _attack(
         self,
         attack: FacePoison,

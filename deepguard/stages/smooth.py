@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from deepguard.attack.core import FacePoison, Roundtrip
-from deepguard.attack.metrics import psnr
+from deepguard.attack.metrics import report_psnr
 from deepguard.stages.carry import carry_delta
 from deepguard.stages.chunk import Chunk, FrameTracks
 
@@ -48,7 +48,7 @@ class SmoothStage:
                 delta = _delta(chunk.protected[index], clean)
             if self.previous is not None and index not in chunk.scene_starts:
                 stats["flicker"] = float((delta - self.previous[0]).abs().mean())
-            stats["psnr_db"] = _finite_psnr(clean, chunk.protected[index])
+            stats["psnr_db"] = report_psnr(clean, chunk.protected[index])
             self.previous = (delta, tracks)
         return chunk
 
@@ -78,11 +78,6 @@ class SmoothStage:
             if allowed is None or all(found[name][0] <= allowed[name] for name in found):
                 return candidate, weight
         return unsmoothed, 0.0
-
-
-def _finite_psnr(clean: np.ndarray, protected: np.ndarray) -> float | None:
-    value = psnr(clean, protected)
-    return round(value, 2) if np.isfinite(value) else None
 
 
 def _delta(protected: np.ndarray, clean: np.ndarray) -> torch.Tensor:
