@@ -149,6 +149,22 @@ def test_a_frame_the_written_file_shows_is_repaired_and_the_clip_encoded_again(
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no partial file or spill left
 
 
+def test_failing_frames_are_those_a_still_attacked_detector_finds():
+    from deepguard.pipeline.video import _failing, _with_earlier_repairs
+
+    rows = [
+        {"faces_after": {"scrfd_500m": 0, "yunet": 0}, "given_up": []},
+        {"faces_after": {"scrfd_500m": 1, "yunet": 0}, "given_up": []},
+        {"faces_after": {"scrfd_500m": 0, "yunet": 2}, "given_up": ["yunet"]},  # given up
+    ]
+    assert _failing(rows, ["scrfd_500m", "yunet"]) == {1: ["scrfd_500m", "yunet"]}
+    first = {"final_repair": {"passes": 40, "iterations": 8, "rounds": 1, "targets": ["a"]}}
+    again = {"final_repair": {"passes": 10, "iterations": 2, "rounds": 1, "targets": ["a"]}}
+    merged = _with_earlier_repairs(again, first)["final_repair"]
+    assert (merged["passes"], merged["iterations"], merged["rounds"]) == (50, 10, 2)
+    assert _with_earlier_repairs({}, first) == {}
+
+
 def test_a_crashing_worker_fails_the_job_and_leaves_no_file(cluster_address, clip, tmp_path):
     from deepguard.pipeline.video import VideoProtector
 
