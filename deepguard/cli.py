@@ -158,6 +158,9 @@ def _verdict(output, report: dict) -> str:
     line = f"{output}: {verdict}; PSNR {summary['psnr_db']} dB; {seconds:.1f} s"
     if report["kind"] == "video":
         line += f"; flicker {summary['flicker']}; {summary['realtime_factor']}× real time"
+        repaired = summary.get("final_repair", {}).get("frames", [])
+        if repaired:
+            line += f"; {len(repaired)} frames repaired after the check of the written file"
     return line
 
 
