@@ -118,8 +118,9 @@ class VideoConfig(BaseModel):
         4,
         ge=0,
         le=20,
-        description="a repaired frame is judged encoded alone at CRF + this: it passed that "
-        "check at the output's CRF and still showed the face inside the clip",
+        description="a repaired frame is judged encoded after the two frames written before "
+        "it, at CRF + this: it had passed its lone-frame check at the output's CRF and "
+        "still showed the face inside the clip",
     )
 
 

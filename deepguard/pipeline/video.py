@@ -386,7 +386,8 @@ class _Run:
         """decode → repair (a pool) → remux into a new partial file and spill, in order."""
         for actor in self.pass_actors:
             ray.kill(actor)
-        video, old = self.config.video, (self.partial, self.deltas, self.remux)
+        video = self.config.video
+        old_partial, old_deltas, old_remux = self.partial, self.deltas, self.remux
         self.done["repair"] = 0
         share = attack_gpu_share(self.settings) if self.gpus else 1.0
         build = functools.partial(_build_repair, self.config, self.device, self.deltas, failing,
@@ -425,10 +426,10 @@ class _Run:
         frames, self.deltas = self._get(self.remux.close.remote())
         if frames != len(self.pts):
             raise DeepguardError(f"wrote {frames} frames again but decoded {len(self.pts)}")
-        ray.kill(old[2])
-        old[0].unlink(missing_ok=True)
-        if old[1] is not None:
-            old[1].remove()
+        ray.kill(old_remux)
+        old_partial.unlink(missing_ok=True)
+        if old_deltas is not None:
+            old_deltas.remove()
 
     def _collect(self, refs: tuple[ray.ObjectRef, ray.ObjectRef], rows: list[dict]) -> None:
         record, chunk = self._get(*refs), self._get(refs[1])
