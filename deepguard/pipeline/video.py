@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,23 +274,36 @@ class _Run:
 
     def protect(self) -> list[dict[str, Any]]:
         """Stream every chunk through the stages; returns one report row per frame."""
+
+        def stages(index: int) -> tuple[ray.actor.ActorHandle, ...]:
+            worker = self.pool[index % self.pool_size]
+            return (self.scenecut, self.tracker, worker, self.smoother)
+
+        return [row for stats in self._stream(self.decoder, stages) for row in stats]
+
+    def _stream(
+        self,
+        decoder: ray.actor.ActorHandle,
+        stages: Callable[[int], Sequence[ray.actor.ActorHandle]],
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every chunk ``decoder`` gives through ``stages(n)`` (the n-th chunk's actors) into
+        ``self.remux``, with at most pool size + 2 chunks in flight; yields each chunk's
+        report rows in order, then closes the file and keeps its spilled perturbations."""
         window = self.pool_size + 2  # chunks in flight: enough to keep the pool busy
         in_flight: deque[tuple[ray.ObjectRef, ray.ObjectRef]] = deque()
         watched: list[ray.ObjectRef] = []
         self.unsettled += [in_flight, watched]
-        rows: list[dict[str, Any]] = []
         submitted = 0
         finished = False
         while not finished or in_flight:
             while not finished and len(in_flight) < window:
-                decoded, chunk = self.decoder.next.options(num_returns=2).remote()
+                decoded, chunk = decoder.next.options(num_returns=2).remote()
                 record = self._get(decoded, chunk)
                 if not record["frames"]:
                     finished = True
                     break
                 self._advance(record)
-                worker = self.pool[submitted % self.pool_size]
-                for stage in (self.scenecut, self.tracker, worker, self.smoother):
+                for stage in stages(submitted):
                     record, chunk = stage.process.options(num_returns=2).remote(chunk)
                     watched.append(record)
                 written, stats = self.remux.process.options(num_returns=2).remote(chunk)
@@ -300,18 +313,17 @@ class _Run:
             if in_flight and (finished or len(in_flight) >= window):
                 written, stats = in_flight.popleft()
                 self._advance(self._get(written, stats))
-                rows += self._get(stats)
+                yield self._get(stats)
         self._poll(watched, wait=True)
         frames, self.deltas = self._get(self.remux.close.remote())
         if frames != len(self.pts):
             raise DeepguardError(f"wrote {frames} frames but decoded {len(self.pts)}")
-        return rows
 
     def _advance(self, record: dict[str, Any]) -> None:
         stage = record["stage"]
         self.done[stage] += record["frames"]
         self.seconds[stage] += record["seconds"]
-        if stage == "decode":
+        if stage == "decode" and not self.repair_rounds:  # a repair pass decodes them again
             self.pts += record.get("pts", [])
         self.progress(stage, self.done[stage], self.info.frames)
         for name, (before, after) in record.get("faces", {}).items():
@@ -388,7 +400,7 @@ class _Run:
             ray.kill(actor)
         video = self.config.video
         old_partial, old_deltas, old_remux = self.partial, self.deltas, self.remux
-        self.done["repair"] = 0
+        self.done.update(decode=0, repair=0, remux=0)  # the pass goes through them again
         share = attack_gpu_share(self.settings) if self.gpus else 1.0
         build = functools.partial(_build_repair, self.config, self.device, self.deltas, failing,
                                   self.repair_roundtrip, share)  # fmt: skip
@@ -403,29 +415,11 @@ class _Run:
         )
         self.actors.append(self.remux)
         self.pass_actors = [decoder, *pool]
-        in_flight: deque[tuple[ray.ObjectRef, ...]] = deque()
-        self.unsettled.append(in_flight)
-        frame, submitted, finished = 0, 0, False
-        while not finished or in_flight:
-            while not finished and len(in_flight) < self.pool_size + 2:
-                decoded, chunk = decoder.next.options(num_returns=2).remote()
-                if not self._get(decoded, chunk)["frames"]:
-                    finished = True
-                    break
-                worker = pool[submitted % self.pool_size]
-                record, chunk = worker.process.options(num_returns=2).remote(chunk)
-                in_flight.append((record, *self.remux.process.options(num_returns=2).remote(chunk)))
-                submitted += 1
-            if in_flight:
-                record, written, stats = in_flight.popleft()
-                self._advance(self._get(record))
-                self._get(written, stats)
-                for row in self._get(stats):
-                    rows[frame].update(_with_earlier_repairs(row, rows[frame]))
-                    frame += 1
-        frames, self.deltas = self._get(self.remux.close.remote())
-        if frames != len(self.pts):
-            raise DeepguardError(f"wrote {frames} frames again but decoded {len(self.pts)}")
+        frame = 0
+        for stats in self._stream(decoder, lambda index: (pool[index % self.pool_size],)):
+            for row in stats:
+                rows[frame].update(_with_earlier_repairs(row, rows[frame]))
+                frame += 1
         ray.kill(old_remux)
         old_partial.unlink(missing_ok=True)
         if old_deltas is not None:
