@@ -35,6 +35,19 @@ class Detections:
 
 
 @dataclass
+class LogitMap:
+    """One map of face log-odds the attack pushes down (N×A), with the box each entry stands
+    for (N×A×4 xyxy in input pixels, detached) where the detector knows it.
+
+    The boxes let the attack push down only the entries on the faces it protects: a stray
+    detection on a shirt or a poster is not a face anyone would swap. ``None``: the entries
+    have no box (they are all pushed down)."""
+
+    logits: Tensor
+    boxes: Tensor | None = None
+
+
+@dataclass
 class DensePrediction:
     """Per-anchor output of a detector's final stage, before thresholding and NMS.
 
@@ -83,12 +96,18 @@ class FaceDetector(nn.Module, ABC):
         """
         return [self.dense(x).scores]
 
-    def logit_maps(self, x: Tensor) -> list[Tensor]:
-        """The log-odds of every map in :meth:`score_maps`: what the attack differentiates."""
+    def face_maps(self, x: Tensor) -> list[LogitMap]:
+        """The log-odds of every map in :meth:`score_maps`, with their boxes: what the attack
+        differentiates."""
         prediction = self.dense(x)
-        if prediction.logits is not None:
-            return [prediction.logits]
-        return [probability_to_logit(prediction.scores)]
+        logits = prediction.logits
+        if logits is None:
+            logits = probability_to_logit(prediction.scores)
+        return [LogitMap(logits, prediction.boxes.detach())]
+
+    def logit_maps(self, x: Tensor) -> list[Tensor]:
+        """The log-odds of :meth:`face_maps` alone."""
+        return [m.logits for m in self.face_maps(x)]
 
     def score_floors(self, fraction: float) -> list[float]:
         """Per entry of :meth:`score_maps`, the confidence below which it no longer matters.
@@ -108,7 +127,12 @@ class FaceDetector(nn.Module, ABC):
         return self.logit_maps_and_features(x)[1]
 
     def logit_maps_and_features(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
-        """Logit maps and hooked features from ONE forward pass, both on the autograd graph.
+        """:meth:`face_maps_and_features` without the boxes."""
+        maps, features = self.face_maps_and_features(x)
+        return [m.logits for m in maps], features
+
+    def face_maps_and_features(self, x: Tensor) -> tuple[list[LogitMap], dict[str, Tensor]]:
+        """Face maps and hooked features from ONE forward pass, both on the autograd graph.
 
         The feature-importance estimate needs d(scores)/d(features), so the features must be
         the very tensors the scores were computed from. A layer run several times (a pyramid)
@@ -127,7 +151,7 @@ class FaceDetector(nn.Module, ABC):
             for name, path in self.feature_modules.items()
         ]
         try:
-            maps = self.logit_maps(x)
+            maps = self.face_maps(x)
         finally:
             for handle in handles:
                 handle.remove()

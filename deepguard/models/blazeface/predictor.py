@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from deepguard.models.base import DensePrediction, Detections, FaceDetector, read_state_dict
+from deepguard.models.base import (
+    DensePrediction,
+    Detections,
+    FaceDetector,
+    LogitMap,
+    read_state_dict,
+)
 from deepguard.models.blazeface.net import BlazeFaceNet
 
 NUM_ANCHORS = 896
@@ -110,12 +116,13 @@ class BlazeFace(FaceDetector):
         net_input, geometry = self.letterbox(x)
         return self._decode(*self.net(net_input), geometry)
 
-    def logit_maps_and_features(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+    def face_maps_and_features(self, x: Tensor) -> tuple[list[LogitMap], dict[str, Tensor]]:
         """One pass: the backbone maps feed both the heads and the feature loss."""
         net_input, geometry = self.letterbox(x)
         stages = self.net.stages(net_input)
         _, grid16, grid8 = stages.values()
-        return [self._decode(*self.net.heads(grid16, grid8), geometry).logits], stages
+        prediction = self._decode(*self.net.heads(grid16, grid8), geometry)
+        return [LogitMap(prediction.logits, prediction.boxes.detach())], stages
 
     def _decode(
         self, raw: Tensor, logits: Tensor, geometry: tuple[float, float, float, float]

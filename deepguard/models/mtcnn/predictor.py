@@ -25,7 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms, roi_align
 
-from deepguard.models.base import DensePrediction, Detections, FaceDetector, read_state_dict
+from deepguard.models.base import (
+    DensePrediction,
+    Detections,
+    FaceDetector,
+    LogitMap,
+    read_state_dict,
+)
 from deepguard.models.mtcnn.net import ONet, PNet, RNet
 
 WEIGHT_FILES = {"pnet": "mtcnn_pnet.pt", "rnet": "mtcnn_rnet.pt", "onet": "mtcnn_onet.pt"}
@@ -103,6 +109,18 @@ def window_boxes(
     keep = batched_nms(boxes, scores, image, PNET_NMS_PER_SCALE)
     deltas = offsets.permute(0, 2, 3, 1)[image, row, col]
     return Stage(logit[image, row, col][keep], boxes[keep], image[keep]), deltas[keep]
+
+
+def cell_windows(rows: int, cols: int, scale: float, device: torch.device) -> Tensor:
+    """1×(rows·cols)×4: the input-pixel window of every P-Net cell at one pyramid level, row
+    by row, rounded as :func:`window_boxes` rounds them."""
+    row, col = torch.meshgrid(
+        torch.arange(rows, device=device), torch.arange(cols, device=device), indexing="ij"
+    )
+    corner = torch.stack([col.reshape(-1), row.reshape(-1)], dim=1).float() * STRIDE
+    top_left = torch.floor((corner + 1) / scale)
+    bottom_right = torch.floor((corner + CELL_SIZE) / scale)
+    return torch.cat([top_left, bottom_right], dim=1)[None]
 
 
 def calibrate_window(boxes: Tensor, offsets: Tensor) -> Tensor:
@@ -286,16 +304,32 @@ class MTCNN(FaceDetector):
             logits=logits,
         )
 
-    def logit_maps(self, x: Tensor) -> list[Tensor]:
+    def face_maps(self, x: Tensor) -> list[LogitMap]:
         """[P-Net maps of all levels concatenated, R-Net on P-Net candidates, O-Net on R-Net
-        survivors], face log-odds, each N×A (R/O-Net rows padded with "no face")."""
+        survivors], face log-odds, each N×A (R/O-Net rows padded with "no face"), with the
+        window each entry scores: a P-Net cell's 12-pixel window, a candidate's box."""
         cascade = self.cascade(x)
         n = x.shape[0]
+        height, width = x.shape[-2:]
+        scales = self.scales(height, width)
         pnet = [m.flatten(1) for m in cascade.pnet_maps]
+        windows = [
+            cell_windows(m.shape[-2], m.shape[-1], scale, x.device).expand(n, -1, -1)
+            for m, scale in zip(cascade.pnet_maps, scales, strict=True)
+        ]
         return [
-            torch.cat(pnet, dim=1) if pnet else x.new_zeros((n, 0)),
-            pad_per_image(cascade.rnet.logits, cascade.rnet.image, n, fill=_NO_FACE),
-            pad_per_image(cascade.onet.logits, cascade.onet.image, n, fill=_NO_FACE),
+            LogitMap(
+                torch.cat(pnet, dim=1) if pnet else x.new_zeros((n, 0)),
+                torch.cat(windows, dim=1) if windows else x.new_zeros((n, 0, 4)),
+            ),
+            LogitMap(
+                pad_per_image(cascade.rnet.logits, cascade.rnet.image, n, fill=_NO_FACE),
+                pad_per_image(cascade.rnet.boxes.detach(), cascade.rnet.image, n),
+            ),
+            LogitMap(
+                pad_per_image(cascade.onet.logits, cascade.onet.image, n, fill=_NO_FACE),
+                pad_per_image(cascade.onet.boxes.detach(), cascade.onet.image, n),
+            ),
         ]
 
     def score_maps(self, x: Tensor) -> list[Tensor]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepguard.models.base import DensePrediction, FaceDetector, read_state_dict
+from deepguard.models.base import DensePrediction, FaceDetector, LogitMap, read_state_dict
 
 #: RGB means subtracted from 0..255 input. The references subtract (104, 117, 123) from a BGR
 #: array and then flip it back to RGB, so the nets see RGB minus (123, 117, 104).
@@ -252,8 +252,14 @@ class SSDFaceDetector(FaceDetector):
             scores=face_logits.sigmoid(), boxes=decode_boxes(head.loc, priors), logits=face_logits
         )
 
-    def logit_maps(self, x: Tensor) -> list[Tensor]:
-        return [_face_logit(head.logits) for head in self.shots(x)]
+    def face_maps(self, x: Tensor) -> list[LogitMap]:
+        """Every shot's face log-odds; the final shot's with its boxes (the earlier shots'
+        priors are not built here, so their entries are all pushed down)."""
+        heads = self.shots(x)
+        maps = [LogitMap(_face_logit(head.logits)) for head in heads[:-1]]
+        final = heads[-1]
+        boxes = decode_boxes(final.loc, self.priors(x, final).to(final.loc.dtype))
+        return [*maps, LogitMap(_face_logit(final.logits), boxes.detach())]
 
     def score_maps(self, x: Tensor) -> list[Tensor]:
         return [logits.sigmoid() for logits in self.logit_maps(x)]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deepguard.models.base import DensePrediction, FaceDetector, cell_grid
+from deepguard.models.base import DensePrediction, FaceDetector, LogitMap, cell_grid
 from deepguard.models.onnx import graph_file
 from deepguard.models.scrfd.net import ANCHORS_PER_CELL, STRIDES, SCRFDHeads, SCRFDNet
 
@@ -69,10 +69,11 @@ class SCRFD500M(FaceDetector):
     def dense(self, x: Tensor) -> DensePrediction:
         return self._decode(*self._run(x))
 
-    def logit_maps_and_features(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+    def face_maps_and_features(self, x: Tensor) -> tuple[list[LogitMap], dict[str, Tensor]]:
         """One pass through the graph for both (its nodes are not named modules to hook)."""
         inputs, heads = self._run(x)
-        return [self._decode(inputs, heads).logits], heads.features
+        prediction = self._decode(inputs, heads)
+        return [LogitMap(prediction.logits, prediction.boxes.detach())], heads.features
 
     def _anchor_centres(self, height: int, width: int, device: torch.device) -> list[Tensor]:
         """Per stride, the (x, y) pixel centre of every anchor, ordered row, column, anchor."""

@@ -25,6 +25,7 @@ from torch import Tensor
 from deepguard.models.base import (
     DensePrediction,
     FaceDetector,
+    LogitMap,
     cell_grid,
     log_odds_of_product,
     pad_to_multiple,
@@ -93,11 +94,12 @@ class YuNet(FaceDetector):
     def dense(self, x: Tensor) -> DensePrediction:
         return self._decode(*self._run(x))
 
-    def logit_maps_and_features(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+    def face_maps_and_features(self, x: Tensor) -> tuple[list[LogitMap], dict[str, Tensor]]:
         """One pass through the graph for both (its nodes are not named modules to hook)."""
         padded, out = self._run(x)
         features = {name: out[tensor] for name, tensor in FEATURE_TENSORS.items()}
-        return [self._decode(padded, out).logits], features
+        prediction = self._decode(padded, out)
+        return [LogitMap(prediction.logits, prediction.boxes.detach())], features
 
     def _grid(self, height: int, width: int, device: torch.device) -> list[Tensor]:
         """Per stride, the (column, row) of every cell in row-major order, as (H·W)×2."""
