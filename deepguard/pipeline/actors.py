@@ -19,6 +19,7 @@ import ray
 import torch
 
 from deepguard.attack.config import AttackConfig
+from deepguard.pipeline.photo import PhotoProtector, ProtectOptions
 from deepguard.settings import Settings
 from deepguard.stages.chunk import Chunk
 from deepguard.stages.decode import VideoSource
@@ -136,20 +137,17 @@ class RemuxActor:
 class ImageActor:
     """Protects images where Ray places it (a GPU worker, say) and streams progress back.
 
-    The image path itself is the in-process one (:class:`~deepguard.pipeline.protect
-    .Protector`); :meth:`protect` is a streaming generator: ``("progress", (phase, done,
+    The image path itself is the in-process one (:class:`~deepguard.pipeline.photo
+    .PhotoProtector`); :meth:`protect` is a streaming generator: ``("progress", (phase, done,
     total))`` records while the attack runs, then ``("report", report)``.
     """
 
     def __init__(self, config: AttackConfig, settings: Settings, threads: int) -> None:
-        from deepguard.pipeline.protect import Protector  # the driver side imports this module
-
         torch.set_num_threads(max(1, threads))
-        self.protector = Protector(config, settings)
+        self.protector = PhotoProtector(config.with_default_precision(settings.precision),
+                                        settings)  # fmt: skip
 
     def protect(self, source: str, output: str, report: str | None):
-        from deepguard.pipeline.protect import ProtectOptions
-
         events: queue.Queue = queue.Queue()
 
         def run() -> None:

@@ -1,39 +1,26 @@
-"""Protect one file end to end, plus the JSON processing report.
+"""Protect one file end to end, plus the JSON processing report: this module chooses the path.
 
-An image runs decode → poison → remux in this process; a video runs the same stages (with
-tracking, scene cuts and smoothing) as Ray actors, see :mod:`deepguard.pipeline.video`.
+A photo runs decode → poison → remux in this process (:mod:`deepguard.pipeline.photo`) or,
+for the dashboard, in a Ray actor (:mod:`deepguard.pipeline.image`); a video runs the same
+stages (with tracking, scene cuts and smoothing) as Ray actors (:mod:`deepguard.pipeline.video`).
+The dependencies run one way: this module → the drivers → the actors → the stages.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from deepguard import __version__
 from deepguard.attack.config import AttackConfig
-from deepguard.attack.core import AttackResult, Progress
-from deepguard.attack.metrics import psnr, ssim
-from deepguard.attack.tool_counts import with_uncovered
-from deepguard.attack.verification import tool_summary
 from deepguard.faults import fault_point
-from deepguard.fileio import remove_stale_partials, write_atomically
-from deepguard.models.registry import get_spec
+from deepguard.fileio import remove_stale_partials
+from deepguard.pipeline.photo import PhotoProtector, ProtectOptions
+from deepguard.progress import Progress
 from deepguard.settings import Settings, get_settings
-from deepguard.stages.decode import open_source
 from deepguard.stages.poison import PoisonStage
-from deepguard.stages.remux import ImageSink
 from deepguard.stages.video_io import VIDEO_SUFFIXES
 
-
-@dataclass
-class ProtectOptions:
-    keep_metadata: bool = False
-    report_path: Path | None = None
+__all__ = ["ProtectOptions", "Protector"]
 
 
 class Protector:
@@ -47,14 +34,12 @@ class Protector:
         self.settings = settings or get_settings()
         self.config = config.with_default_precision(self.settings.precision)
         self.images_on_ray = images_on_ray
-        self._poison: PoisonStage | None = None
+        self.photos = PhotoProtector(self.config, self.settings)
 
     @property
     def poison(self) -> PoisonStage:
-        """The in-process ensemble for images, loaded on first use (videos use Ray actors)."""
-        if self._poison is None:
-            self._poison = PoisonStage(self.config, device=self.settings.resolved_device())
-        return self._poison
+        """The in-process ensemble for photos, loaded on first use (videos use Ray actors)."""
+        return self.photos.poison
 
     def protect(
         self,
@@ -79,88 +64,7 @@ class Protector:
 
             return protect_image_on_ray(self.config, self.settings, source_path, output_path,
                                         options.report_path, progress)  # fmt: skip
-        started = time.perf_counter()
-        source = open_source(source_path, self.settings.max_image_pixels)
-        sink = ImageSink(
-            output_path, source.still, self.config.output_jpeg_quality, options.keep_metadata
-        )
-        decoded = time.perf_counter()
-        (chunk,) = source.chunks()
-        result = self.poison.protect_frames(
-            chunk.frames, roundtrip=sink.roundtrip, progress=progress
-        )
-        poisoned = time.perf_counter()
-        data, protected = sink.encode(result.frames)
-        encoded = time.perf_counter()
-        # everything that could still fail runs before the file is written
-        tools = self._tool_rows(chunk.frames, protected, result)
-        checked = time.perf_counter()
-        clean = chunk.frames[0]
-        report = {
-            "deepguard": __version__,
-            "input": str(source_path),
-            "output": str(output_path),
-            "kind": source.kind,
-            "size": {"width": int(clean.shape[1]), "height": int(clean.shape[0])},
-            "parameters": self.config.model_dump(mode="json"),
-            "weights": self._weight_digests(),
-            "detectors": {
-                name: {
-                    "faces_before": sum(result.faces_before[name]),
-                    "faces_after": sum(result.faces_after[name]),
-                }
-                for name in result.faces_before
-            },
-            "hidden": result.hidden,
-            "tools": tools,
-            "psnr_db": _finite(psnr(clean, protected)),
-            "ssim": round(ssim(clean, protected), 4),
-            "iterations": result.iterations,
-            "repair_rounds": result.repair_rounds,
-            "detector_passes": result.passes,
-            "device": str(self.poison.attack.device),
-            "precision": result.precision,
-            # out-of-memory fallbacks taken to finish (each also logged as a warning)
-            "memory_fallbacks": result.fallbacks,
-            "timings_s": {
-                "decode": round(decoded - started, 3),
-                **{key: round(value, 3) for key, value in result.timings.items()},
-                "poison": round(poisoned - decoded, 3),
-                "encode": round(encoded - poisoned, 3),
-                "tools": round(checked - encoded, 3),
-                "total": round(checked - started, 3),
-            },
-        }
-        if options.report_path:
-            write_atomically(options.report_path, json.dumps(report, indent=2).encode())
-        try:
-            sink.save(data)
-        except BaseException:
-            if options.report_path:  # no report of an output that was not written
-                options.report_path.unlink(missing_ok=True)
-            raise
-        return report
-
-    def _tool_rows(
-        self, clean: np.ndarray, protected: np.ndarray, result: AttackResult
-    ) -> list[dict]:
-        """Per tool profile, faces before → after and whether the file protects against it.
-
-        The ensemble's looks were counted by the attack on the very pixels of the file (its
-        round-trip is the sink's encoder); the tools' detectors outside the ensemble are run
-        here on the clean frame and on the file as saved and re-compressed."""
-        attack = self.poison.attack
-        versions = attack.delivered(protected[None], None)
-        before = with_uncovered(attack, result.tools_before, [clean])
-        after = with_uncovered(attack, result.tools_after, versions)
-        return tool_summary(attack.profiles, attack.table, before, after)
-
-    def _weight_digests(self) -> dict[str, str | None]:
-        return {
-            file.name: file.sha256
-            for name in self.config.detectors
-            for file in get_spec(name).files
-        }
+        return self.photos.protect(source_path, output_path, options, progress)
 
 
 def _marking_mid_attack(progress: Progress | None) -> Progress:
@@ -174,8 +78,3 @@ def _marking_mid_attack(progress: Progress | None) -> Progress:
             progress(phase, done, total)
 
     return report
-
-
-def _finite(value: float) -> float | None:
-    """JSON has no infinity: an untouched image reports PSNR as null."""
-    return round(value, 2) if value != float("inf") else None
