@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from deepguard.attack.delivery import CHAINS
 from deepguard.errors import DeepguardError
 
 
@@ -93,7 +94,7 @@ class VideoConfig(BaseModel):
         0.5, ge=0, lt=1, description="weight of the previous frame's perturbation (0: off)"
     )
     verify_recompress: bool = Field(
-        False, description="also verify on a JPEG re-compression of each frame (slower)"
+        False, description="also verify each frame on its JPEG q75 re-compression (slower)"
     )
     crf: int = Field(17, ge=0, le=51, description="libx264 constant rate factor")
     verify_crf_margin: int = Field(
@@ -172,8 +173,80 @@ class AttackConfig(BaseModel):
         description="tool profiles (configs/tools.yaml) the result is judged and attacked "
         "under; None: every enabled profile",
     )
+    extra_tools: list[str] = Field(
+        default_factory=list,
+        description="profiles that are off by default which this preset judges under too",
+    )
+    deliver: list[str] = Field(
+        default_factory=lambda: ["saved", "sns"],
+        min_length=1,
+        description="the delivery chains a result must hold on (saved, q75, sns, sns2048; "
+        "see deepguard/attack/delivery.py); the attack optimises through each of them",
+    )
+    # the perturbation's parameterisation and the randomised resizes it is optimised through
+    delta_sizes: list[int] = Field(
+        default_factory=lambda: [640, 1080],
+        min_length=1,
+        description="long sides at which the perturbation's components are held, each "
+        "upsampled smoothly to the picture (0: native size); sizes at or above the picture's "
+        "own are native",
+    )
+    tool_scale_jitter: float = Field(
+        0.05, ge=0, lt=1, description="a tool's resize is drawn within ± this share of its scale"
+    )
+    tool_pad: int = Field(
+        8, ge=0, description="a tool's view is padded at the top left by up to this many pixels"
+    )
+    tool_filter_mix: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="share of a tool's resizes drawn with another filter than "
+        "its own plain bilinear (area, bicubic, antialiased bicubic)",
+    )
+    loss_power: float = Field(
+        3.0,
+        ge=1,
+        description="each face entry's excess log-odds over the floor is raised to this power "
+        "before summing: the entries that score highest get most of the push",
+    )
+    platform_size_jitter: float = Field(
+        0.1, ge=0, lt=1, description="a platform's long side is drawn within ± this share"
+    )
+    platform_quality_jitter: int = Field(
+        8, ge=0, le=50, description="a platform's JPEG quality is drawn within ± this"
+    )
+    sample_looks: bool = Field(
+        True,
+        description="one pass per detector and iteration, on one of its looks drawn in turn "
+        "(those that still see a face more often); off: every look every iteration",
+    )
+    face_loss: bool = Field(
+        True,
+        description="push down only the detector entries on the protected faces (off: every "
+        "entry in the view, stray detections included)",
+    )
+    face_iou: float = Field(
+        0.15,
+        gt=0,
+        lt=1,
+        description="an entry is on a face when its box overlaps one of the face's clean boxes "
+        "this much (looser than the verdict's 0.3, so that a shifted box is pushed down too)",
+    )
+    texture_budget: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="shape the budget by local contrast at the same mean squared size: more on "
+        "hair and fabric, less on flat skin and sky (0: off)",
+    )
     # where to attack
-    scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    scales: list[float] = Field(
+        default_factory=list,
+        description="native looks: every ensemble detector also judged and attacked on the "
+        "picture scaled by each of these, at its own threshold (the tools' looks come from "
+        "the tool profiles)",
+    )
     region_mode: bool = True
     region_margin: float = Field(0.3, ge=0, description="margin around faces, in face sizes")
     region_margin_min: float = Field(32, ge=0, description="margin around faces, at least, px")
@@ -184,12 +257,9 @@ class AttackConfig(BaseModel):
     view_context: float = Field(
         0.25, ge=0, description="random extra context around each view, in view sizes"
     )
-    region_threshold: float = Field(
-        0.8, gt=0, le=1, description="proposal threshold, as a fraction of each detector's"
-    )
     # early stop, quality recovery, verify and repair on the encoded output
     check_every: int = Field(
-        2, ge=1, description="iterations between delivery checks (sooner if the free check passes)"
+        4, ge=1, description="iterations between delivery checks (sooner if the free check passes)"
     )
     patience: int = Field(
         0,
@@ -209,9 +279,6 @@ class AttackConfig(BaseModel):
     )
     verify_margin: float = Field(
         0.8, gt=0, le=1, description="hidden means every score below this fraction of threshold"
-    )
-    verify_recompress_quality: int | None = Field(
-        75, ge=10, le=100, description="also verify on a JPEG re-compression at this quality"
     )
     shrink_steps: int = Field(3, ge=0, description="bisection steps shrinking the perturbation")
     repair_rounds: int = Field(3, ge=0)
@@ -245,6 +312,15 @@ class AttackConfig(BaseModel):
                 raise ValueError(f"region_epsilon {name}: {epsilon} is not in [epsilon, 64]")
         return self
 
+    @model_validator(mode="after")
+    def _check_chains(self) -> AttackConfig:
+        unknown = [name for name in self.deliver if name not in CHAINS]
+        if unknown:
+            raise ValueError(
+                f"unknown delivery chain(s) {', '.join(unknown)}; choose from {', '.join(CHAINS)}"
+            )
+        return self
+
     @property
     def max_epsilon(self) -> float:
         """The largest budget any pixel may get (``epsilon`` or a ``region_epsilon``)."""
@@ -256,9 +332,12 @@ class AttackConfig(BaseModel):
         gives up on detectors per scene (see the poison stage), not per frame: a key frame
         that gave up on a detector too early would leave it unattacked for the whole scene
         (measured: RetinaFace fell from 96 % to 68 % hidden)."""
-        changes: dict[str, Any] = {"give_up_ratio": None, "eot_delivery": self.video.eot_delivery}
-        if not self.video.verify_recompress:
-            changes["verify_recompress_quality"] = None
+        deliver = ["saved", "q75"] if self.video.verify_recompress else ["saved"]
+        changes: dict[str, Any] = {
+            "give_up_ratio": None,
+            "eot_delivery": self.video.eot_delivery,
+            "deliver": deliver,
+        }
         return self.model_copy(update=changes)
 
     def for_warm_frames(self) -> AttackConfig:

@@ -2,45 +2,55 @@
 
 One core serves images and video: it takes a batch of frames (an image is a batch of one),
 an optional warm-start perturbation (the previous video frame's) and optional face windows
-(from the tracker), and returns the protected uint8 frames. Success is judged on what the
-user actually receives: the frames rounded to 8 bits, passed through the caller's codec
-round-trip (JPEG for photos, the video encoder for clips) and, optionally, re-compressed the
-way a sharing site would. While a face is still found and budget remains, it keeps iterating.
+(from the tracker), and returns the protected uint8 frames.
+
+The faces to protect are found on the clean frames (:func:`~.verification.protected_faces`).
+Success is judged per face, per tool, on the copies a tool really gets: the frames rounded to
+8 bits and saved (the caller's codec), then sent through each delivery chain the config names
+(:mod:`~.delivery`: the saved file, a platform's 1080-pixel JPEG, ...). While a covered tool
+still finds a protected face on one of them and budget remains, it keeps iterating
+(:mod:`~.optimiser`); then it shrinks the perturbation as far as that verdict allows.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
-from torchvision.ops import nms
 
 from deepguard.attack.config import AttackConfig
-from deepguard.attack.losses import FeatureImportance, score_suppression_loss
+from deepguard.attack.delivery import Chain, ChainModel, OutputCodec, ToolResize, parse_chains
+from deepguard.attack.optimiser import Optimiser, Plan, Run, importance_for, loss_drops
+from deepguard.attack.optimiser import trace_ends as _trace_ends
+from deepguard.attack.perturbation import (
+    Perturbation,
+    finish_frames,
+    frames_to_tensor,
+    soft_mask,
+    tensor_to_frames,
+    texture_weights,
+)
 from deepguard.attack.precision import Autocast
 from deepguard.attack.profiles import enabled_profiles
-from deepguard.attack.regions import Window, detector_views, face_windows, merge_windows
-from deepguard.attack.transforms import RandomTransform, quantize_uint8, resize
+from deepguard.attack.regions import Window, detector_views, face_windows
 from deepguard.attack.verification import (
+    Faces,
     Look,
     Verdict,
     detect_looks,
-    judge,
     plan_looks,
-    tool_size,
+    protected_faces,
 )
 from deepguard.errors import DeepguardError
-from deepguard.models.base import FaceDetector
+from deepguard.models.base import Detections, FaceDetector
 from deepguard.models.registry import load_detector, load_detectors
 from deepguard.progress import Progress, detector_phase
 
@@ -49,7 +59,14 @@ log = logging.getLogger(__name__)
 #: a codec round-trip applied to the rounded output before verification (N×H×W×3 uint8)
 Roundtrip = Callable[[np.ndarray], np.ndarray]
 
-_TINY = 1e-12
+__all__ = [
+    "AttackResult",
+    "FacePoison",
+    "Progress",
+    "Roundtrip",
+    "frames_to_tensor",
+    "tensor_to_frames",
+]
 
 
 @dataclass
@@ -58,16 +75,18 @@ class AttackResult:
 
     frames: np.ndarray  # N×H×W×3 uint8, the protected pixels
     delta: Tensor  # N×3×H×W float, the perturbation before rounding (for warm starts)
-    faces_before: dict[str, list[int]]  # detector → faces per frame, clean input
-    #: detector → faces per frame, delivered output (None: a frame :meth:`FacePoison.hold`
-    #: did not check)
+    faces_before: dict[str, list[int]]  # detector → protected faces it finds per frame, clean
+    #: detector → protected faces found per frame, delivered output (None: a frame
+    #: :meth:`FacePoison.hold` did not check)
     faces_after: dict[str, list[int | None]]
-    #: tool profile → faces per frame, through the ensemble's looks (clean / delivered;
-    #: None as in ``faces_after``)
+    #: tool profile → protected faces per frame, through the ensemble's looks (clean /
+    #: delivered, worst chain; None as in ``faces_after``)
     tools_before: dict[str, list[int]] = field(default_factory=dict)
     tools_after: dict[str, list[int | None]] = field(default_factory=dict)
     iterations: int = 0
-    passes: int = 0  # detector forward+backward passes
+    passes: int = 0  # detector passes of every kind
+    #: the passes by kind: attack (forward+backward), check, shrink, faces (clean detection)
+    passes_by_kind: dict[str, int] = field(default_factory=dict)
     repair_rounds: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     precision: str = "fp32"  # of the attack's detector passes (verification is always fp32)
@@ -75,69 +94,21 @@ class AttackResult:
     fallbacks: list[dict] = field(default_factory=list)
     #: detector → the share of its score loss the iterations removed (0: none, 1: all)
     loss_drop: dict[str, float] = field(default_factory=dict)
+    #: the faces protected, per frame, and the verdicts on the clean and protected copies
+    faces: Faces = field(default_factory=list)
+    before: Verdict | None = None
+    after: Verdict | None = None
 
     @property
     def hidden(self) -> bool:
         return all(not any(counts) for counts in self.faces_after.values())
 
 
-@dataclass
-class _Run:
-    """The state of one ``protect`` call, shared by its phases."""
-
-    x: Tensor  # N×3×H×W float, the clean frames
-    frames: np.ndarray  # the clean frames as uint8
-    detectors: list[FaceDetector]  # the ones attacked in this call
-    roundtrip: Roundtrip | None
-    windows: list[Window]  # where the perturbation may go
-    views: list[Window]  # what the detectors look at
-    mask: Tensor
-    budget: Tensor  # N×1×H×W, the L∞ budget of every pixel in levels (ε, region_epsilon)
-    bound: Tensor  # the budget faded out towards the windows' edges: what the pixels may use
-    delta: Tensor
-    momentum: Tensor
-    importance: dict[tuple, FeatureImportance]
-    transform: RandomTransform
-    rng: random.Random
-    progress: Progress | None
-    total_budget: int
-    looks: list[Look]  # how the ensemble and the tools look at these frames
-    iterations: int = 0
-    passes: int = 0
-    # detector → its score loss summed over views, per iteration (to spot a stalled one)
-    losses: dict[str, list[float]] = field(default_factory=dict)
-    # the iteration each round (main, then repairs) started at
-    round_starts: list[int] = field(default_factory=list)
-    # look → the highest score it saw in this iteration's views: the cheap check
-    peaks: dict[Look, float] = field(default_factory=dict)
-    shared: bool = False  # one perturbation for all frames (see FacePoison.protect)
-
-
-def frames_to_tensor(frames: np.ndarray, device: torch.device | str) -> Tensor:
-    """N×H×W×3 uint8 RGB → N×3×H×W float 0..255."""
-    writable = np.require(frames, requirements=["C", "W"])  # copies only read-only input
-    return torch.from_numpy(writable).to(device).permute(0, 3, 1, 2).float()
-
-
-def tensor_to_frames(x: Tensor) -> np.ndarray:
-    return x.detach().round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-def jpeg_roundtrip_uint8(frames: np.ndarray, quality: int) -> np.ndarray:
-    """Real (libjpeg) re-compression of N×H×W×3 uint8 frames, as a sharing site would do."""
-    out = []
-    for frame in frames:
-        buffer = io.BytesIO()
-        Image.fromarray(frame).save(buffer, "JPEG", quality=quality)
-        out.append(np.asarray(Image.open(buffer).convert("RGB")))
-    return np.stack(out)
-
-
 def _without_cudnn(method: Callable) -> Callable:
     """Run ``method`` with cuDNN off when the attack is on CUDA.
 
-    The attack's views change shape every iteration (random context, EOT rescaling), and
-    cuDNN builds a new execution plan for each new shape. Measured on an H100, on a 1080p
+    The attack's views change shape every iteration (random context, randomised resizes),
+    and cuDNN builds a new execution plan for each new shape. Measured on an H100, on a 1080p
     photo with `balanced` and 4 iterations (torch 2.11, cuDNN 9.19): 48.9 s with cuDNN and
     2.0 s with PyTorch's own convolution kernels.
     """
@@ -169,33 +140,81 @@ class FacePoison:
         self.device = torch.device(device)
         self.detectors = list(detectors or load_detectors(config.detectors, str(self.device)))
         self.table = {detector.name: detector for detector in self.detectors}
-        self.profiles = enabled_profiles(config.tools)
+        self.profiles = enabled_profiles(config.tools, config.extra_tools)
+        self.chains = parse_chains(config.deliver)
         self.autocast = Autocast(config.precision, self.device)
-        #: per detector, the fp16 loss scale (lowered when a scaled gradient overflows)
-        self._loss_scales: dict[str, float] = {}
+        self.optimiser = Optimiser(config, self.table, self.autocast)
         self._looks: dict[tuple[int, int], list[Look]] = {}
         #: detectors that only tool reports use (a profile's detector outside the ensemble)
         self._others: dict[str, FaceDetector] | None = None
 
-    # -- detection -------------------------------------------------------------------------
+    # -- looks and verdicts ----------------------------------------------------------------
 
     def looks(self, height: int, width: int) -> list[Look]:
-        """How the ensemble is judged on a ``height``×``width`` frame: every detector natively
-        at the config's scales, and under every enabled tool profile that runs it."""
+        """How the ensemble is judged on a ``height``×``width`` picture: every detector
+        natively at the config's scales, and under every enabled tool profile that runs it."""
         key = (height, width)
         if key not in self._looks:
-            self._looks[key] = plan_looks(
-                self.table, self.profiles, height, width, self.config.scales
-            )
+            scales, natives = self.config.scales, list(self.table)
+            if not scales:  # a detector no covered tool runs is looked at natively
+                judged = {n for p in self.profiles if set(p.detectors) <= set(self.table)
+                          for n in p.detectors}  # fmt: skip
+                scales, natives = [1.0], [n for n in self.table if n not in judged]
+            self._looks[key] = plan_looks(self.table, self.profiles, height, width, scales, natives)
         return self._looks[key]
 
-    def judge(self, versions: list[np.ndarray]) -> Verdict:
-        """Faces the ensemble's looks find on the worst of ``versions`` (always fp32)."""
-        height, width = versions[0].shape[1:3]
-        return judge(self.table, self.looks(height, width), versions)
+    def covered_tools(self, active: Sequence[str] | None = None) -> list[str]:
+        """The tools whose detectors are all attacked (all of ``active``'s): the verdict is
+        theirs."""
+        attacked = set(self.table if active is None else active)
+        return [p.name for p in self.profiles if set(p.detectors) <= attacked]
 
-    def judge_uncovered(self, versions: list[np.ndarray]) -> Verdict:
-        """Faces found by the tools' detectors outside the ensemble, for reports only: the
+    def faces_of(
+        self, frames: np.ndarray, extra: Sequence[np.ndarray] | None = None
+    ) -> tuple[Faces, dict[Look, list[Detections]]]:
+        """The faces to protect on clean frames, and every look's clean detections."""
+        found = detect_looks(self.table, self.looks(*frames.shape[1:3]), frames)
+        return protected_faces(found, len(frames), extra), found
+
+    def copies(
+        self, frames: np.ndarray, roundtrip: Roundtrip | None, chains: Sequence[Chain] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """What a tool gets on each chain: the saved file (``roundtrip`` of ``frames``) sent
+        through the chain; and how much smaller than ``frames`` each copy is."""
+        saved = roundtrip(frames) if roundtrip else frames
+        copies, scales = {}, {}
+        for chain in chains or self.chains:
+            copy = saved if chain.identity else chain.deliver(saved)
+            copies[chain.name] = copy
+            scales[chain.name] = copy.shape[2] / frames.shape[2]
+        return copies, scales
+
+    def judge(
+        self,
+        frames: np.ndarray,
+        faces: Faces,
+        roundtrip: Roundtrip | None = None,
+        margin: float = 1.0,
+        chains: Sequence[Chain] | None = None,
+        table: dict[str, FaceDetector] | None = None,
+    ) -> Verdict:
+        """Every look at every chain's copy of ``frames`` (saved through ``roundtrip``),
+        judged against ``faces`` (detections kept down to ``margin`` × each threshold)."""
+        copies, scales = self.copies(frames, roundtrip, chains)
+        detectors = table or self.table
+        verdict = Verdict(faces, margin=margin)
+        for chain, copy in copies.items():
+            if table is None:
+                looks = self.looks(*copy.shape[1:3])
+            else:
+                looks = plan_looks(table, self.profiles, *copy.shape[1:3], native_detectors=())
+            verdict.found[chain] = detect_looks(detectors, looks, copy, margin, scales[chain])
+        return verdict
+
+    def judge_uncovered(
+        self, frames: np.ndarray, faces: Faces, roundtrip: Roundtrip | None = None
+    ) -> Verdict:
+        """The tools' detectors outside the ensemble on the same copies, for reports only: the
         attack does not aim at them. A detector whose weights cannot be had is left out."""
         if self._others is None:
             self._others = {}
@@ -205,51 +224,41 @@ class FacePoison:
                     self._others[name] = load_detector(name, str(self.device))
                 except DeepguardError as error:
                     log.warning("tool reports leave out %s: %s", name, error)
-        height, width = versions[0].shape[1:3]
-        looks = plan_looks(self._others, self.profiles, height, width, native_detectors=())
-        return judge(self._others, looks, versions)
+        return self.judge(frames, faces, roundtrip, table=self._others)
 
     def count_faces(self, frames: np.ndarray) -> dict[str, list[int]]:
-        """Faces per frame for each detector: the most any of its looks finds."""
-        return self.judge([frames]).by_detector()
+        """Faces per frame for each detector on clean frames: the most its looks find."""
+        faces, _ = self.faces_of(frames)
+        return self.judge(frames, faces, chains=parse_chains("saved")).by_detector()
 
-    def delivered(self, frames: np.ndarray, roundtrip: Roundtrip | None) -> list[np.ndarray]:
-        """The versions of the output a face-swap tool may get: as saved, and re-compressed."""
-        saved = roundtrip(frames) if roundtrip else frames
-        versions = [saved]
-        if self.config.verify_recompress_quality:
-            versions.append(jpeg_roundtrip_uint8(saved, self.config.verify_recompress_quality))
-        return versions
+    def verify(
+        self, frames: np.ndarray, roundtrip: Roundtrip | None, faces: Faces | None = None
+    ) -> dict[str, list[int]]:
+        """Protected faces still found on any delivered copy of ``frames`` (per detector, per
+        frame); with ``faces`` unknown, every detection counts."""
+        faces = faces if faces is not None else [None] * len(frames)
+        return self.judge(frames, faces, roundtrip).by_detector()
 
-    def verify(self, frames: np.ndarray, roundtrip: Roundtrip | None) -> dict[str, list[int]]:
-        """Faces still found on any delivered version of ``frames`` (per detector, per frame)."""
-        return self._faces_in(self.delivered(frames, roundtrip))
+    def clear(self, verdict: Verdict, active: Sequence[str], margin: float = 1.0) -> bool:
+        """Does ``verdict`` hide every protected face from every covered tool of ``active``,
+        and from the native looks at them?"""
+        return not self.failures(verdict, active, margin)
 
-    def _faces_in(self, versions: list[np.ndarray]) -> dict[str, list[int]]:
-        return self.judge(versions).by_detector()
+    def failures(
+        self, verdict: Verdict, active: Sequence[str], margin: float = 1.0
+    ) -> set[tuple[str, str, int, int]]:
+        """(who, chain, frame, face) for every protected face a covered tool of ``active`` or
+        a native look at one of them finds (at ``margin`` × its threshold)."""
+        found = verdict.found_pairs(self.covered_tools(active), margin)
+        for chain, looks in verdict.found.items():
+            for look in looks:
+                if look.native and look.detector in active:
+                    name = f"{look.detector}@{look.scale:g}"
+                    for frame, finding in enumerate(verdict.look(look, chain, margin)):
+                        found |= {(name, chain, frame, face) for face in finding.faces}
+        return found
 
-    @torch.no_grad()
-    def propose_windows(self, x: Tensor) -> list[Window]:
-        """Windows around anything a look scores near its threshold."""
-        windows: list[Window] = []
-        height, width = x.shape[-2:]
-        for look in self.looks(height, width):
-            detector = self.table[look.detector]
-            prediction = detector.dense(_resize_for(look, x))
-            for index in range(len(x)):
-                scores = prediction.scores[index].float()
-                keep = scores > look.threshold * self.config.region_threshold
-                boxes = prediction.boxes[index][keep].float()
-                boxes = boxes[nms(boxes, scores[keep], 0.3)].cpu().numpy() / look.scale
-                windows += face_windows(
-                    boxes,
-                    index,
-                    height,
-                    width,
-                    self.config.region_margin,
-                    self.config.region_margin_min,
-                )
-        return merge_windows(windows)
+    # -- a carried perturbation --------------------------------------------------------------
 
     def hold(
         self,
@@ -261,25 +270,26 @@ class FacePoison:
         targets: Sequence[str] | None = None,
     ) -> AttackResult | None:
         """``carried`` (a perturbation brought along from earlier frames) applied as it is,
-        when no target finds a face on the delivery of the ``sample`` frames; ``None`` when
-        one does and the frames need refining. Judged at the looks' thresholds, not with the
-        early stop's margin: the harsher lone-frame codec of the check already leaves room,
-        and with the margin every frame of ``lp_d11`` failed (LivePortrait's look at 0.1 must
-        score below 0.08) and spent its whole refinement budget.
+        when no target finds a protected face on the delivery of the ``sample`` frames;
+        ``None`` when one does and the frames need refining. Judged at the looks' thresholds,
+        not with the early stop's margin: the harsher lone-frame codec of the check already
+        leaves room.
 
-        No detector pass: a clip's frames between two samples cost one check per sample
+        No attack pass: a clip's frames between two samples cost one check per sample
         instead of a warm-started attack each. The unsampled frames' faces after delivery are
         not known here (``None``); the check of the written file counts them."""
         x = frames_to_tensor(frames, self.device)
-        windows = self._whole(x) if windows is None else windows
-        mask, bound = self._placed(x, windows, self._budget(frames, x))
-        delta = self._initial_delta(x, carried, None, bound) * mask
-        out = _finish_frames(x, frames, delta, bound)
-        names = [d.name for d in self.detectors if targets is None or d.name in targets]
-        found = self.verify(out[list(sample)], roundtrip)
-        if any(sum(found[name]) for name in names):
+        faces, found = self.faces_of(frames)
+        windows = self._windows(x, faces) if windows is None else windows
+        bound = self._bound(x, frames, windows, found)
+        delta = _clamped(carried.to(x.device), bound)
+        out = finish_frames(x, frames, delta, bound)
+        active = [d.name for d in self.detectors if targets is None or d.name in targets]
+        picked = list(sample)
+        after = self.judge(out[picked], [faces[i] for i in picked], roundtrip)
+        if not self.clear(after, active):
             return None
-        before = self.judge([frames])
+        before = self.judge(frames, faces)
         tools_before = before.by_tool()
         return AttackResult(
             frames=out,
@@ -289,6 +299,8 @@ class FacePoison:
             tools_before=tools_before,
             tools_after={tool: [None] * len(frames) for tool in tools_before},
             precision=self.autocast.name,
+            faces=faces,
+            before=before,
         )
 
     # -- the attack ------------------------------------------------------------------------
@@ -305,6 +317,8 @@ class FacePoison:
         targets: Sequence[str] | None = None,
         start_failed: bool = False,
         shared: bool = False,
+        codec: OutputCodec | None = None,
+        extra_faces: Sequence[np.ndarray] | None = None,
     ) -> AttackResult:
         """Protect N×H×W×3 uint8 RGB frames. See the module docstring.
 
@@ -314,251 +328,225 @@ class FacePoison:
         ``start_failed``: the caller saw ``init_delta`` fail its delivery check already
         (:meth:`hold`), so it is not checked again before the first iteration. ``shared``: the
         frames are attacked with one perturbation, their mean (frames of one scene, where the
-        face barely moves): it then holds on the frames between them too.
+        face barely moves): it then holds on the frames between them too. ``codec``: how the
+        output is saved (a photo's JPEG), which the attack optimises through; ``roundtrip``
+        is its real counterpart for the check. ``extra_faces``: boxes to protect besides the
+        faces found on the clean frames (the tracker's, per frame).
         """
         config = self.config
         active = [d for d in self.detectors if targets is None or d.name in targets]
+        names = [d.name for d in active]
         started = time.perf_counter()
         seed = config.seed if config.seed is not None else random.randrange(2**31)
         rng = random.Random(seed)
         generator = torch.Generator().manual_seed(seed)
         x = frames_to_tensor(frames, self.device)
         timings: dict[str, float] = {}
+        passes: Counter = Counter()
 
         tick = time.perf_counter()
-        looks = self.looks(*frames.shape[1:3])
-        before = self.judge([frames])
-        faces_before = before.by_detector()
-        if windows is None:
-            windows = self.propose_windows(x) if config.region_mode else self._whole(x)
+        height, width = frames.shape[1:3]
+        faces, found = self.faces_of(frames, extra_faces)
+        passes["faces"] += len(self.looks(height, width)) * len(frames)
+        before = Verdict(faces, {"saved": found})
+        others = [c for c in self.chains if c.name != "saved"]
+        if others:
+            before = before.merge(self.judge(frames, faces, chains=others))
+            passes["faces"] += self._check_passes(frames, others)
         timings["detect"] = time.perf_counter() - tick
-        if not windows:  # nothing any detector could see: nothing to hide
-            return AttackResult(frames.copy(), torch.zeros_like(x), faces_before, faces_before,
-                                before.by_tool(), before.by_tool(), timings=timings,
-                                precision=self.autocast.name)  # fmt: skip
-
+        if not any(faces):  # no face to protect
+            return AttackResult(frames.copy(), torch.zeros_like(x), before.by_detector(),
+                                before.by_detector(), before.by_tool(), before.by_tool(),
+                                passes=sum(passes.values()), passes_by_kind=dict(passes),
+                                timings=timings, precision=self.autocast.name, faces=faces,
+                                before=before, after=before)  # fmt: skip
+        if windows is None:
+            windows = self._windows(x, faces) if config.region_mode else _whole(x)
+        views = detector_views(windows, height, width, config.view_min_size, config.whole_fraction)
         tick = time.perf_counter()
-        views = self._views(x, windows)
-        importance = self._importance(x, views, generator, active) if config.feature_loss else {}
+        importance = (
+            importance_for(config, x, views, generator, active) if config.feature_loss else {}
+        )
         timings["importance"] = time.perf_counter() - tick
         budget = iterations or config.iterations
-        levels = self._budget(frames, x)
-        mask, bound = self._placed(x, windows, levels)
-        delta = self._initial_delta(x, init_delta, generator, bound) * mask
-        if shared:  # one start for all: their mean, inside each frame's bound
-            delta = self._initial_delta(x, delta.mean(0, keepdim=True), None, bound) * mask
-        run = _Run(
+        bound = self._bound(x, frames, windows, found)
+        start = init_delta
+        if start is None and config.random_start:
+            noise = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device)
+            start = noise * config.random_start * bound
+        perturbation = Perturbation(bound, config.delta_sizes, start, config.momentum, shared)
+        run = Run(
             x=x,
             frames=frames,
+            faces=faces,
             detectors=active,
-            roundtrip=roundtrip,
-            windows=windows,
+            plans=[
+                Plan(c, c.size(height, width), self.looks(*c.size(height, width)))
+                for c in self.chains
+            ],
+            perturbation=perturbation,
             views=views,
-            mask=mask,
-            budget=levels,
-            bound=bound,
-            delta=delta,
-            momentum=torch.zeros_like(delta),
             importance=importance,
-            transform=RandomTransform(
+            model=ChainModel(
+                codec,
                 config.eot_jpeg_quality if config.eot else None,
-                config.eot_scale if config.eot else None,
                 config.eot_probability,
                 rng,
+                config.platform_size_jitter,
+                config.platform_quality_jitter,
+            ),
+            resize=ToolResize(
+                rng, config.tool_scale_jitter, config.tool_pad, config.tool_filter_mix
             ),
             rng=rng,
             progress=progress,
             total_budget=budget + config.repair_rounds * config.repair_iterations,
-            looks=looks,
-            shared=shared,
+            roundtrip=roundtrip,
+            through_codec=_through(roundtrip) if roundtrip and config.eot_delivery else None,
+            passes=passes,
         )
+        state = _Checked()
+
+        def clear(run: Run) -> bool:
+            """Every judged face missed by the early stop's margin: a perturbation stopped
+            at the bare threshold breaks under the next resize or codec."""
+            state.verdict = self.check(run)
+            state.at = run.iterations
+            return self.clear(state.verdict, names, config.verify_margin)
 
         tick = time.perf_counter()
         rounds = 0
         # a warm start (the previous video frame's perturbation) often hides the face already
-        skip_first = (
-            init_delta is not None
-            and not start_failed
-            and not self._visible_after_delivery(run, run.delta)
-        )
+        skip_first = init_delta is not None and not start_failed and clear(run)
+        round_starts: list[int] = []
         while True:
             if rounds or not skip_first:
-                run.round_starts.append(run.iterations)
-                self._iterate(run, budget)
-            out = self._finish(run, run.delta)
-            delivered = self.delivered(out, roundtrip)
-            after = self.judge(delivered)
-            faces_after = after.by_detector()
+                round_starts.append(run.iterations)
+                self.optimiser.iterate(run, budget, clear)
+            if state.at != run.iterations or state.verdict is None:
+                clear(run)
+            assert state.verdict is not None
+            hidden = self.clear(state.verdict, names)
             if rounds >= 1 and config.give_up_ratio:  # after the main iterations + a repair
-                run.detectors = self._without_stalled(run, faces_after)
-            hidden = all(sum(faces_after[d.name]) == 0 for d in run.detectors)
+                run.detectors = self._without_stalled(run, state.verdict, round_starts)
+                names = [d.name for d in run.detectors]
             last = hidden or rounds >= config.repair_rounds or not run.detectors
-            if last and config.shrink_steps and run.iterations:  # give back what steps inflated
-                after = self._shrink(run, after, delivered)
-                faces_after = after.by_detector()
-                out = self._finish(run, run.delta)
-            self._report_faces(progress, faces_before, faces_after)
+            self._report_faces(progress, before, state.verdict)
             if last:
                 break
             rounds += 1
             budget = config.repair_iterations
-            log.info("faces still found after round %d: %s; repairing", rounds, faces_after)
-            self._widen(run, delivered)
+            log.info("faces still found after round %d: %s; repairing", rounds,
+                     state.verdict.by_tool())  # fmt: skip
+        after = state.verdict
+        if config.shrink_steps and run.iterations:  # give back what the sign steps inflated
+            after = self._shrink(run, after, names)
+        delta = run.perturbation.value()
+        out = finish_frames(x, frames, delta, bound)
         timings["attack"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - started
         return AttackResult(
             frames=out,
-            delta=run.delta.detach(),
-            faces_before=faces_before,
-            faces_after=faces_after,
+            delta=delta,
+            faces_before=before.by_detector(),
+            faces_after=after.by_detector(),
             tools_before=before.by_tool(),
             tools_after=after.by_tool(),
             iterations=run.iterations,
-            passes=run.passes,
+            passes=sum(run.passes.values()),
+            passes_by_kind=dict(run.passes),
             repair_rounds=rounds,
             timings=timings,
             precision=self.autocast.name,
-            loss_drop=_loss_drops(run.losses),
+            loss_drop=loss_drops(run.losses),
+            faces=faces,
+            before=before,
+            after=after,
         )
 
-    def _iterate(self, run: _Run, budget: int) -> None:
-        """Up to ``budget`` sign-gradient steps; stops early once the delivery is clean, or
-        once the loss has stopped falling (more of the same steps would be wasted).
+    def check(self, run: Run, scale: float | Tensor = 1.0, kind: str = "check") -> Verdict:
+        """The real check: ``scale`` (a number, or one per pixel) × the perturbation rounded,
+        saved and sent through every chain, every look at the copies, judged per face with
+        the early stop's margin."""
+        delta = run.perturbation.value() * scale
+        out = finish_frames(run.x, run.frames, delta, run.perturbation.bound)
+        run.passes[kind] += self._check_passes(run.frames, self.chains)
+        return self.judge(out, run.faces, run.roundtrip, self.config.verify_margin)
 
-        The delivery check (codec round-trip, re-compression, every look) is dear; it runs
-        every ``check_every`` iterations, and sooner when this iteration's own passes saw every
-        look below ``verify_margin`` of its threshold, which costs nothing."""
-        config = self.config
-        best, since_best = float("inf"), 0
-        for step in range(1, budget + 1):
-            run.peaks = {}
-            delta = run.delta.detach().requires_grad_(True)
-            # shared: every frame sees the mean, so every frame's delta gets the same step
-            seen = delta.mean(0, keepdim=True).expand_as(delta) if run.shared else delta
-            adversarial = self._through_delivery(run, quantize_uint8(run.x + seen))
-            # [accumulated through momentum, used as is]
-            surrogates = [adversarial.new_zeros(()), adversarial.new_zeros(())]
-            # the file is re-encoded at full size once per draw; each tool resizes that
-            encoded: dict[int, Tensor] = {}
-            for native, _, looks in self._look_groups(run):
-                # native looks attack crops around the faces; a tool's look sees the whole
-                # frame after the tool's resize, which is cheap: tools shrink the picture
-                views = run.views if native else _whole_frames(run.views, run.x)
-                seen_views: list[Tensor] = []
-                weights: list[float] = []
-                for window in views:
-                    if native:
-                        seen = self._with_context(window, run.x.shape[-2:], run.rng)
-                        view, _ = run.transform(_resize_for(looks[0], _crop(adversarial, seen)))
-                    else:  # no random rescale before a tool's exact, unantialiased resize:
-                        # which pixels reach its detector depends on the exact size, and the
-                        # budget cannot hold at every sampling phase (SCRFD at 640 stayed found)
-                        if window.frame not in encoded:
-                            frame = _crop(adversarial, window)
-                            encoded[window.frame] = run.transform(frame, rescale=False)[0]
-                        view = _resize_for(looks[0], encoded[window.frame])
-                    seen_views.append(view)
-                    # a tool's shrunken view spreads each of its pixels' gradient over about
-                    # 1/scale² pixels of the frame: scale it back, or the native views would
-                    # outvote every tool in the sign of the sum
-                    weights.append(1.0 if native else view.shape[-2] * view.shape[-1] / window.area)
-                # every view of the group through each detector as one batch (the feature
-                # loss's importance is per view, so with it each view goes alone)
-                everyone = list(range(len(views)))
-                batches = [[i] for i in everyone] if run.importance else [everyone]
-                for members in batches:
-                    batch = _pad_batch([seen_views[i] for i in members])
-                    leaf = batch.detach().requires_grad_(True)
-                    window = views[members[0]] if len(members) == 1 else None
-                    gradients = self._ensemble_gradient(leaf, window, run, looks)
-                    for slot, gradient in enumerate(gradients):
-                        if gradient is None:
-                            continue
-                        for row, i in enumerate(members):  # chain back to delta, view by view
-                            height, width = seen_views[i].shape[-2:]
-                            part = gradient[row : row + 1, :, :height, :width]
-                            surrogates[slot] = surrogates[slot] + (
-                                (seen_views[i] * part).sum() / weights[i]
-                            )
-            run.iterations += 1
-            if run.progress:
-                run.progress("attack", run.iterations, run.total_budget)
-                self._report_losses(run)
-            if not any(s.requires_grad for s in surrogates):
-                break  # no detector sees anything to push down any more
-            parts = [
-                torch.autograd.grad(s, delta, retain_graph=True)[0]
-                if s.requires_grad
-                else torch.zeros_like(delta)
-                for s in surrogates
-            ]
-            norm = (parts[0] + parts[1]).abs().mean() + _TINY
-            run.momentum = config.momentum * run.momentum + parts[0] / norm
-            direction = run.momentum + parts[1] / norm
-            stepped = run.delta - config.step * direction.sign()
-            stepped = torch.maximum(torch.minimum(stepped, run.bound), -run.bound)
-            run.delta = ((run.x + stepped).clamp(0, 255) - run.x) * run.mask
-            due = step % config.check_every == 0 or self._looks_clear(run)
-            if (
-                step >= config.min_iterations
-                and due
-                and not self._visible_after_delivery(run, run.delta)
-            ):
-                log.debug("hidden after delivery at iteration %d", run.iterations)
-                break
-            if not config.patience:
-                continue
-            # this iteration's loss: the detectors that were attacked in it
-            loss = sum(t[-1] for t in run.losses.values() if len(t) == run.iterations)
-            if loss < (1 - config.plateau_tolerance) * best:
-                best, since_best = loss, 0
-            else:
-                since_best += 1
-            if since_best >= config.patience:
-                log.debug("loss stalled at %.3g for %d iterations", loss, since_best)
-                break
+    def _check_passes(self, frames: np.ndarray, chains: Sequence[Chain]) -> int:
+        height, width = frames.shape[1:3]
+        return sum(len(self.looks(*c.size(height, width))) for c in chains) * len(frames)
 
-    def _through_delivery(self, run: _Run, adversarial: Tensor) -> Tensor:
-        """Now and then, the frames as the real codec delivers them, with a straight-through
-        gradient; a photo's delivery is the saved JPEG or its re-compression, drawn at random.
-        The differentiable JPEG only approximates a codec: H.264 at the output's CRF
-        washed out perturbations that were clear on the raw pixels (a clip's key frame: every
-        look clear before the codec, seven of eleven found after)."""
-        if run.rng.random() >= self.config.eot_delivery:
-            return adversarial
-        versions = self.delivered(tensor_to_frames(adversarial), run.roundtrip)
-        coded = frames_to_tensor(run.rng.choice(versions), adversarial.device)
-        return adversarial + (coded - adversarial).detach()
+    def _shrink(self, run: Run, verdict: Verdict, active: Sequence[str]) -> Verdict:
+        """Scale the perturbation down, face by face, as far as delivery keeps what it
+        achieved at full strength; returns the verdict at the chosen scales.
 
-    def _looks_clear(self, run: _Run) -> bool:
-        """The cheap check: did every look's views score below the early stop's margin in
-        this iteration's own passes?"""
+        Sign steps spend the whole budget; most of it is rarely needed, and a few bisection
+        steps on the perturbation's scale buy back image quality. Each face's window has its
+        own scale (a face hidden easily need not carry the budget of a hard one next to it);
+        all of them are bisected at once, each judged on its own face, on every chain. A tool
+        that misses a face at full strength must keep missing it by the early stop's margin
+        (shrunk to the bare threshold, the perturbation breaks under the next codec or warm
+        start), and no tool may find a face it did not find at full strength.
+        """
+        full = self.failures(verdict, active)
+        weights, keys = self._face_weights(run)
+        if not keys:
+            return verdict
+        low = dict.fromkeys(keys, 0.0)
+        high = dict.fromkeys(keys, 1.0)
+        delta = run.perturbation.value()
         margin = self.config.verify_margin
-        return bool(run.peaks) and all(
-            peak < margin * look.threshold for look, peak in run.peaks.items()
+        for _ in range(self.config.shrink_steps):
+            middle = {key: (low[key] + high[key]) / 2 for key in keys}
+            judged = self.check(run, _scale_map(weights, keys, middle), kind="shrink")
+            new = self.failures(judged, active, margin) - full
+            for key in keys:
+                if any(failure[2:] == key for failure in new):
+                    low[key] = middle[key]
+                else:
+                    high[key] = middle[key]
+        scale = _scale_map(weights, keys, high)
+        kept = self.check(run, scale, kind="shrink")
+        if self.failures(kept, active) - full:  # faces that interact: keep full strength
+            log.debug("the shrunk faces together failed; kept at full strength")
+            return verdict
+        log.debug(
+            "perturbation shrunk to %s of its size per face", [round(high[k], 2) for k in keys]
         )
+        run.perturbation.fix(delta * scale)
+        return kept
 
-    @staticmethod
-    def _report_losses(run: _Run) -> None:
-        """Per detector: how much of its score loss this call has removed so far."""
-        for name, trace in run.losses.items():
-            if trace and trace[0] > 0:
-                removed = 1 - trace[-1] / trace[0]
-                run.progress(detector_phase("loss", name), round(100 * max(0.0, removed)), 100)
+    def _face_weights(self, run: Run) -> tuple[Tensor, list[tuple[int, int]]]:
+        """K×N×1×H×W: each protected face's soft window (how much a pixel belongs to it),
+        and the (frame, face) each stands for."""
+        masks, keys = [], []
+        for frame, faces in enumerate(run.faces):
+            for index, face in enumerate(faces or []):
+                windows = face_windows(
+                    face.box[None], frame, *run.x.shape[-2:], self.config.region_margin,
+                    self.config.region_margin_min,
+                )  # fmt: skip
+                masks.append(soft_mask(run.x, windows, self.config.edge_fade))
+                keys.append((frame, index))
+        if not masks:
+            return run.x.new_zeros(0), keys
+        return torch.stack(masks), keys
 
-    def _without_stalled(self, run: _Run, faces_after: dict[str, list[int]]) -> list[FaceDetector]:
+    def _without_stalled(
+        self, run: Run, verdict: Verdict, round_starts: list[int]
+    ) -> list[FaceDetector]:
         """Leave out of further repair rounds a detector that still finds a face and whose loss
         fell by less than ``give_up_ratio`` over the last two rounds: more of the same budget
-        will not hide it, and every repair round would be spent on it in vain. (Judged over
-        one round alone, the noisy loss of a detector one repair away from hiding can look
-        stalled.)"""
+        will not hide it."""
         kept = []
-        since = run.round_starts[-2] if len(run.round_starts) > 1 else 0
+        since = round_starts[-2] if len(round_starts) > 1 else 0
+        counts = verdict.by_detector()
         for detector in run.detectors:
             trace = run.losses.get(detector.name, [])[since:]
-            visible = sum(faces_after[detector.name]) > 0
+            visible = sum(counts.get(detector.name, [0])) > 0
             first, last = _trace_ends(trace)
-            stalled = len(trace) > 3 and last > (1 - self.config.give_up_ratio) * first
+            stalled = len(trace) > 3 and last > (1 - (self.config.give_up_ratio or 0)) * first
             if visible and stalled:
                 log.info("%s: loss %.3g → %.3g; left out of the repair rounds", detector.name,
                          first, last)  # fmt: skip
@@ -566,370 +554,87 @@ class FacePoison:
                 kept.append(detector)
         return kept
 
-    def _look_groups(self, run: _Run) -> list[tuple[bool, float, list[Look]]]:
-        """The looks at the attacked detectors, grouped so that the looks at one scale share
-        one transformed view: (native, scale, looks)."""
-        attacked = {d.name for d in run.detectors}
-        groups: dict[tuple[bool, float], list[Look]] = {}
-        for look in run.looks:
-            if look.detector in attacked:
-                groups.setdefault((look.native, look.scale), []).append(look)
-        return [(native, scale, looks) for (native, scale), looks in groups.items()]
-
-    def _ensemble_gradient(
-        self, view: Tensor, window: Window | None, run: _Run, looks: list[Look]
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """Sums of per-look gradients on a batch of views, each normalised so no detector
-        dominates: of the detectors whose gradient momentum may accumulate, and of those it
-        may not (:attr:`FaceDetector.momentum_safe`). ``window`` is the view's when the batch
-        holds one (it keys the feature importance)."""
-        totals: list[Tensor | None] = [None, None]
-        for look in looks:
-            detector = self.table[look.detector]
-            # the feature importance was estimated on native crops
-            importance = (
-                run.importance.get((detector.name, *_key(window)))
-                if look.native and window is not None
-                else None
-            )
-            # a look at another threshold moves the floors with it
-            floor = self.config.score_floor * look.threshold / detector.score_threshold
-            gradients, excess, peak = self._detector_gradients(
-                detector, view, importance, True, floor
-            )
-            if gradients is None:  # the half-precision gradient overflowed: this pass in fp32
-                gradients, excess, peak = self._detector_gradients(
-                    detector, view, importance, False, floor
+    @staticmethod
+    def _report_faces(progress: Progress | None, before: Verdict, after: Verdict) -> None:
+        if progress:
+            found_before = before.by_detector()
+            for name, found in after.by_detector().items():
+                progress(
+                    detector_phase("faces", name), sum(found), sum(found_before.get(name, [0]))
                 )
-            run.peaks[look] = max(peak, run.peaks.get(look, 0.0))
-            if excess is not None:
-                log.debug("%s %s: score loss %.3g", detector.name, window, excess)
-                trace = run.losses.setdefault(detector.name, [])
-                if len(trace) < run.iterations + 1:
-                    trace.append(0.0)
-                trace[-1] += excess
-            run.passes += 1
-            weight = self.config.detector_weights.get(detector.name, 1.0)
-            for grad in gradients:
-                grad = weight * grad / (grad.abs().mean() + _TINY)
-                slot = 0 if detector.momentum_safe else 1
-                totals[slot] = grad if totals[slot] is None else totals[slot] + grad
-        return totals[0], totals[1]
 
-    def _detector_gradients(
-        self,
-        detector: FaceDetector,
-        view: Tensor,
-        importance: FeatureImportance | None,
-        half: bool,
-        floor: float,
-    ) -> tuple[list[Tensor] | None, float | None, float]:
-        """One detector's loss gradients with respect to ``view`` (raw, not normalised), its
-        score loss above ``floor`` (a fraction of its threshold) and its highest final score;
-        ``None`` gradients when a half-precision one overflowed."""
-        config = self.config
-        half = half and self.autocast.applies_to(detector)
-        scale = self._loss_scales.get(detector.name, self.autocast.loss_scale) if half else 1.0
-        with self.autocast.forward(detector, enabled=half):
-            if importance is not None:
-                maps, features = detector.logit_maps_and_features(view)
-            else:
-                maps, features = detector.logit_maps(view), {}
-        final = maps[-1].detach()
-        peak = float(torch.sigmoid(final.float().max())) if final.numel() else 0.0
-        terms = []
-        excess = None
-        if config.score_loss:  # the losses are fp32 whatever the maps' precision
-            score = score_suppression_loss(maps, detector.score_floors(floor))
-            excess = float(score.detach())
-            if excess > 0:
-                terms.append(score)
-        if importance is not None and features and terms:
-            terms.append(importance.loss(features) * config.feature_weight)
-        gradients = []
-        for term in terms:
-            (grad,) = torch.autograd.grad(term * scale, view, retain_graph=term is not terms[-1])
-            if half and not bool(torch.isfinite(grad).all()):
-                self._loss_scales[detector.name] = max(1.0, scale / 16)
-                log.debug("%s: gradient overflowed in %s at loss scale %g; fp32 this pass",
-                          detector.name, self.autocast.name, scale)  # fmt: skip
-                return None, excess, peak
-            gradients.append(grad)
-        return gradients, excess, peak
+    # -- where the perturbation goes ---------------------------------------------------------
 
-    def _importance(
+    def _windows(self, x: Tensor, faces: Faces) -> list[Window]:
+        """Windows around the protected faces, grown by the region margins."""
+        height, width = x.shape[-2:]
+        windows: list[Window] = []
+        for index, frame_faces in enumerate(faces):
+            if not frame_faces:
+                continue
+            boxes = np.stack([face.box for face in frame_faces])
+            margin, least = self.config.region_margin, self.config.region_margin_min
+            windows += face_windows(boxes, index, height, width, margin, least)
+        return windows
+
+    def _bound(
         self,
         x: Tensor,
-        views: list[Window],
-        generator: torch.Generator,
-        detectors: Sequence[FaceDetector],
-    ) -> dict[tuple, FeatureImportance]:
-        importance = {}
-        for window in views:
-            for detector in detectors:
-                estimate = FeatureImportance.estimate(
-                    detector,
-                    _crop(x, window),
-                    self.config.feature_masks,
-                    self.config.feature_keep_prob,
-                    generator,
-                )
-                if estimate is not None:
-                    importance[(detector.name, *_key(window))] = estimate
-        return importance
-
-    # -- verification and quality recovery --------------------------------------------------
-
-    @torch.no_grad()
-    def _visible(self, x: Tensor, run: _Run, detectors: Sequence[FaceDetector]) -> bool:
-        """Does any look at ``detectors`` still score above ``verify_margin`` × its threshold?"""
-        names = {d.name for d in detectors}
-        for native, _, looks in self._look_groups(run):
-            for window in run.views if native else _whole_frames(run.views, x):
-                crop = _crop(x, window)
-                for look in looks:
-                    if look.detector not in names:
-                        continue
-                    detector = self.table[look.detector]
-                    view = _resize_for(look, crop)
-                    with self.autocast.forward(detector):  # a check; the verdict is fp32
-                        scores = detector.score_maps(view)[-1]
-                    highest = float(scores.max()) if scores.numel() else 0.0
-                    if highest >= self.config.verify_margin * look.threshold:
-                        return True
-        return False
-
-    def _visible_after_delivery(
-        self, run: _Run, delta: Tensor, detectors: Sequence[FaceDetector] | None = None
-    ) -> bool:
-        versions = self.delivered(self._finish(run, delta), run.roundtrip)
-        return self._visible_in(versions, run, detectors)
-
-    def _visible_in(
-        self, versions: list[np.ndarray], run: _Run, detectors: Sequence[FaceDetector] | None = None
-    ) -> bool:
-        detectors = run.detectors if detectors is None else detectors
-        return any(
-            self._visible(frames_to_tensor(version, run.x.device), run, detectors)
-            for version in versions
-        )
-
-    def _shrink(self, run: _Run, verdict: Verdict, delivered: list[np.ndarray]) -> Verdict:
-        """Scale the perturbation down as far as delivery keeps what it achieved at full
-        strength (``faces`` found on the ``delivered`` versions); returns the faces found at
-        the chosen scale.
-
-        Sign steps spend the whole budget; most of it is rarely needed, and a few bisection
-        steps on the perturbation's scale buy back image quality. A detector that is clear at
-        full strength must stay clear by the early stop's margin (``verify_margin``): shrunk
-        to the bare threshold, the perturbation breaks under the next codec, warm start or
-        smoothing (video hid RetinaFace on 56 % of frames instead of 96 %). A detector that
-        still finds some faces may not find more, but does not hold the image's quality
-        hostage. It runs once, when the attack ends: between repair rounds it would throw
-        away the progress on the faces a detector still finds.
-        """
-        faces = verdict.by_detector()
-        clear = [
-            d
-            for d in run.detectors
-            if sum(faces[d.name]) == 0 and not self._visible_in(delivered, run, [d])
-        ]
-        low, high, kept = 0.0, 1.0, verdict
-        for _ in range(self.config.shrink_steps):
-            middle = (low + high) / 2
-            versions = self.delivered(self._finish(run, run.delta * middle), run.roundtrip)
-            if clear and self._visible_in(versions, run, clear):  # inside the margin: too far
-                low = middle
-                continue
-            judged = self.judge(versions)
-            found = judged.by_detector()
-            if all(
-                now <= before
-                for detector in run.detectors
-                for now, before in zip(found[detector.name], faces[detector.name], strict=True)
-            ):
-                high, kept = middle, judged
-            else:
-                low = middle
-        log.debug("perturbation shrunk to %.2f of its size", high)
-        run.delta = run.delta * high
-        return kept
-
-    @staticmethod
-    def _report_faces(
-        progress: Progress | None, before: dict[str, list[int]], after: dict[str, list[int]]
-    ) -> None:
-        if progress:
-            for name, found in after.items():
-                progress(detector_phase("faces", name), sum(found), sum(before[name]))
-
-    def _widen(self, run: _Run, delivered: list[np.ndarray]) -> None:
-        """Also attack wherever the delivered output still shows a face."""
-        for version in delivered:
-            found = self.propose_windows(frames_to_tensor(version, run.x.device))
-            run.windows = merge_windows(run.windows + found)
-        run.mask, run.bound = self._placed(run.x, run.windows, run.budget)
-        run.views = self._views(run.x, run.windows)
-
-    def _finish(self, run: _Run, delta: Tensor) -> np.ndarray:
-        return _finish_frames(run.x, run.frames, delta, run.bound)
-
-    # -- small helpers ---------------------------------------------------------------------
-
-    def _views(self, x: Tensor, windows: list[Window]) -> list[Window]:
-        height, width = x.shape[-2:]
+        frames: np.ndarray,
+        windows: list[Window],
+        found: dict[Look, list[Detections]],
+    ) -> Tensor:
+        """Each pixel's bound (0 where the perturbation may not go): the budget
+        (``epsilon``, ``region_epsilon`` around the faces those detectors find, shaped by
+        texture) faded out around ``windows`` (see :func:`soft_mask`)."""
         config = self.config
-        return detector_views(windows, height, width, config.view_min_size, config.whole_fraction)
-
-    def _with_context(self, window: Window, size: torch.Size, rng: random.Random) -> Window:
-        """``window`` grown by a random amount of surrounding context on each side.
-
-        Detectors judge a face partly by its surroundings; varying the context every iteration
-        makes a perturbation found on a view hold when the detector sees the whole frame.
-        """
-        height, width = size
-        grow_x = (window.x2 - window.x1) * self.config.view_context
-        grow_y = (window.y2 - window.y1) * self.config.view_context
-        return Window(
-            window.frame,
-            max(0, int(window.x1 - rng.uniform(0.5, 1.0) * grow_x)),
-            max(0, int(window.y1 - rng.uniform(0.5, 1.0) * grow_y)),
-            min(width, int(window.x2 + rng.uniform(0.5, 1.0) * grow_x)),
-            min(height, int(window.y2 + rng.uniform(0.5, 1.0) * grow_y)),
-        )
-
-    @staticmethod
-    def _whole(x: Tensor) -> list[Window]:
-        height, width = x.shape[-2:]
-        return [Window(i, 0, 0, width, height) for i in range(len(x))]
-
-    def _placed(self, x: Tensor, windows: list[Window], levels: Tensor) -> tuple[Tensor, Tensor]:
-        """Where the perturbation may go (a 0/1 mask) and each pixel's bound there: the
-        ``levels`` budget faded out around ``windows`` (see :func:`_soft_mask`)."""
-        soft = _soft_mask(x, windows, self.config.edge_fade)
-        return (soft > 0).float(), levels * soft
-
-    def _budget(self, frames: np.ndarray, x: Tensor) -> Tensor:
-        """Every pixel's L∞ budget: ``epsilon``, raised to ``region_epsilon[name]`` around the
-        faces detector ``name`` finds on the clean frames (MTCNN needs about 12 levels on a
-        large face, which the rest of the picture need not pay for)."""
-        config = self.config
-        bound = torch.full((x.shape[0], 1, *x.shape[-2:]), config.epsilon, device=x.device)
+        soft = soft_mask(x, windows, config.edge_fade)
+        levels = torch.full_like(soft, config.epsilon)
         height, width = x.shape[-2:]
         for name, epsilon in config.region_epsilon.items():
-            looks = [look for look in self.looks(height, width) if look.detector == name]
-            for per_frame in detect_looks(self.table, looks, frames).values():
-                for index, found in enumerate(per_frame):
+            for look, per_frame in found.items():
+                if look.detector != name:
+                    continue
+                for index, detections in enumerate(per_frame):
                     margin, least = config.region_margin, config.region_margin_min
-                    for w in face_windows(found.boxes, index, height, width, margin, least):
-                        region = bound[w.frame, :, w.y1 : w.y2, w.x1 : w.x2]
+                    for w in face_windows(detections.boxes, index, height, width, margin, least):
+                        region = levels[w.frame, :, w.y1 : w.y2, w.x1 : w.x2]
                         region.clamp_(min=epsilon)
-        return bound
-
-    def _initial_delta(
-        self,
-        x: Tensor,
-        init_delta: Tensor | None,
-        generator: torch.Generator | None,
-        bound: Tensor,
-    ) -> Tensor:
-        """``init_delta`` kept inside ``bound``, or a random start (``generator`` draws it)."""
-        if init_delta is not None:
-            delta = init_delta.to(x.device)
-            return torch.maximum(torch.minimum(delta, bound), -bound)
-        start = self.config.random_start * bound
-        noise = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device) * start
-        return (x + noise).clamp(0, 255) - x
+        levels = levels * texture_weights(frames, soft, config.texture_budget)
+        return levels * soft
 
 
-def _finish_frames(x: Tensor, frames: np.ndarray, delta: Tensor, bound: Tensor) -> np.ndarray:
-    """Round to 8 bits; rounding may not push any pixel past its bound, so clip exactly."""
-    out = tensor_to_frames(quantize_uint8(x + delta)).astype(np.int16)
-    limit = bound.floor().permute(0, 2, 3, 1).cpu().numpy().astype(np.int16)
-    clean = frames.astype(np.int16)
-    return np.clip(out, clean - limit, clean + limit).astype(np.uint8)
+@dataclass
+class _Checked:
+    """The latest real check of a run, and the iteration it was made at."""
+
+    verdict: Verdict | None = None
+    at: int = -1
 
 
-def _loss_drops(losses: dict[str, list[float]]) -> dict[str, float]:
-    """Per detector, the share of its score loss removed from the first two iterations to the
-    last two."""
-    drops = {}
-    for name, trace in losses.items():
-        first, last = _trace_ends(trace)
-        drops[name] = max(0.0, 1 - last / first) if first > 0 else 1.0
-    return drops
+def _through(roundtrip: Roundtrip) -> Callable[[Tensor], Tensor]:
+    """The real codec on a tensor of frames (no gradient: used straight through)."""
+
+    def coded(adversarial: Tensor) -> Tensor:
+        return frames_to_tensor(roundtrip(tensor_to_frames(adversarial)), adversarial.device)
+
+    return coded
 
 
-def _trace_ends(trace: list[float]) -> tuple[float, float]:
-    """A loss trace's start and end: the mean of two iterations at either end (one EOT draw
-    is noisy); 0 for an empty trace."""
-    return float(np.mean(trace[:2] or [0])), float(np.mean(trace[-2:] or [0]))
+def _scale_map(weights: Tensor, keys: list[tuple[int, int]], scales: dict) -> Tensor:
+    """N×1×H×W: each pixel's scale, the faces' scales weighted by how much it belongs to each
+    (a pixel of no face's window keeps the largest)."""
+    values = torch.tensor([scales[key] for key in keys], dtype=weights.dtype)
+    values = values.to(weights.device).view(-1, 1, 1, 1, 1)
+    total = weights.sum(0)
+    mixed = (weights * values).sum(0) / total.clamp(min=1e-6)
+    return torch.where(total > 0, mixed, values.max())
 
 
-def _crop(x: Tensor, window: Window) -> Tensor:
-    return x[window.frame : window.frame + 1, :, window.y1 : window.y2, window.x1 : window.x2]
+def _clamped(delta: Tensor, bound: Tensor) -> Tensor:
+    return torch.maximum(torch.minimum(delta, bound), -bound)
 
 
-def _key(window: Window) -> tuple[int, int, int]:
-    return (window.frame, window.x1, window.y1)
-
-
-def _resize_for(look: Look, x: Tensor) -> Tensor:
-    """``x`` as a look sees it: for a tool, resized bilinear without antialiasing to the
-    tool's size (:func:`tool_size`), as ``cv2.resize`` does; native looks keep the
-    antialiased resize of the attack's own pyramid."""
-    if look.native:
-        return resize(x, look.scale)
-    size = tool_size(*x.shape[-2:], look.scale)
-    if size == tuple(x.shape[-2:]):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-
-
-def _pad_batch(views: list[Tensor]) -> Tensor:
-    """1×3×h×w views of different sizes as one batch, zero-padded at the right and bottom
-    (as a letterboxing tool pads); one view goes through unchanged."""
-    if len(views) == 1:
-        return views[0]
-    height = max(v.shape[-2] for v in views)
-    width = max(v.shape[-1] for v in views)
-    return torch.cat([F.pad(v, (0, width - v.shape[-1], 0, height - v.shape[-2])) for v in views])
-
-
-def _whole_frames(views: list[Window], x: Tensor) -> list[Window]:
-    """One whole-frame window for every frame that has something to attack."""
+def _whole(x: Tensor) -> list[Window]:
     height, width = x.shape[-2:]
-    return [Window(frame, 0, 0, width, height) for frame in sorted({w.frame for w in views})]
-
-
-def _soft_mask(x: Tensor, windows: list[Window], fade: float) -> Tensor:
-    """N×1×H×W: 1 inside ``windows``, falling linearly to 0 over a band of ``fade`` times each
-    window's shorter side (at least 2 pixels) around it.
-
-    The budget is multiplied by it, so the perturbation fades out at the border of its face
-    region instead of ending in a hard-edged rectangle (visible in a difference heatmap, and
-    to a trained eye in flat backgrounds). The band lies outside the window: a fade inside
-    it took budget from the face's context, and YuNet found lp_s0's face again.
-    Overlapping windows keep the larger value.
-    """
-    mask = torch.zeros(x.shape[0], 1, *x.shape[-2:], device=x.device)
-    height, width = x.shape[-2:]
-    for w in windows:
-        band = max(2, round(fade * min(w.x2 - w.x1, w.y2 - w.y1))) if fade > 0 else 0
-        y1, y2 = max(0, w.y1 - band), min(height, w.y2 + band)
-        x1, x2 = max(0, w.x1 - band), min(width, w.x2 + band)
-        fade_y = _ramp(y1, y2, w.y1, w.y2, band, x.device)
-        fade_x = _ramp(x1, x2, w.x1, w.x2, band, x.device)
-        region = mask[w.frame, 0, y1:y2, x1:x2]
-        torch.maximum(region, torch.minimum(fade_y[:, None], fade_x[None, :]), out=region)
-    return mask
-
-
-def _ramp(start: int, stop: int, inner_start: int, inner_stop: int, band: int, device) -> Tensor:
-    """Along one axis, over pixels ``[start, stop)``: 1 inside ``[inner_start, inner_stop)``,
-    falling linearly to 0 ``band`` pixels outside it."""
-    centres = torch.arange(start, stop, device=device, dtype=torch.float32)
-    outside = torch.clamp(torch.maximum(inner_start - centres, centres - (inner_stop - 1)), min=0)
-    if not band:
-        return (outside == 0).float()
-    return (1 - outside / (band + 1)).clamp(min=0)
+    return [Window(i, 0, 0, width, height) for i in range(len(x))]

@@ -94,14 +94,22 @@ def tool_profiles() -> dict[str, ToolProfile]:
     return _profiles_from(get_settings().tools_file)
 
 
-def enabled_profiles(names: list[str] | None = None) -> list[ToolProfile]:
-    """The profiles a result is judged under: ``names`` (all enabled ones when ``None``)."""
+def enabled_profiles(
+    names: list[str] | None = None, extra: list[str] | None = None
+) -> list[ToolProfile]:
+    """The profiles a result is judged under: ``names`` (all enabled ones when ``None``),
+    plus ``extra`` ones a preset adds (a profile off by default, such as
+    ``insightface-defaults`` in ``strong``)."""
     profiles = tool_profiles()
-    if names is None:
-        return [profile for profile in profiles.values() if profile.enabled]
-    unknown = [name for name in names if name not in profiles]
+    unknown = [name for name in [*(names or []), *(extra or [])] if name not in profiles]
     if unknown:
         raise DeepguardError(
             f"unknown tool profile(s) {', '.join(unknown)}; known: {', '.join(profiles)}"
         )
-    return [profiles[name] for name in names]
+    if names is None:
+        chosen = [name for name, profile in profiles.items() if profile.enabled]
+    else:
+        chosen = list(names)
+    if names is None or names:  # an explicit empty list (``--tools none``) stays empty
+        chosen += [name for name in extra or [] if name not in chosen]
+    return [profiles[name] for name in chosen]

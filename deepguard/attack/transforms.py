@@ -100,19 +100,29 @@ def _blockwise_roundtrip(channel: Tensor, table: Tensor, dct: Tensor) -> Tensor:
     return blocks.permute(0, 1, 3, 2, 4).reshape(n, h, w) + 128
 
 
-def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
-    """Differentiable JPEG compress+decompress of an N×3×H×W RGB tensor in 0..255."""
+#: chroma subsampling factors (rows, columns) by name
+_CHROMA_FACTORS = {"4:2:0": (2, 2), "4:2:2": (1, 2), "4:4:4": (1, 1)}
+
+
+def jpeg_roundtrip(x: Tensor, quality: int, subsampling: str = "4:2:0") -> Tensor:
+    """Differentiable JPEG compress+decompress of an N×3×H×W RGB tensor in 0..255, with the
+    chroma ``subsampling`` the real file has (4:2:0 by default, as platforms write)."""
+    rows, cols = _CHROMA_FACTORS[subsampling]
     height, width = x.shape[-2:]
-    pad_h, pad_w = (-height) % 16, (-width) % 16
+    pad_h, pad_w = (-height) % (8 * rows), (-width) % (8 * cols)
     padded = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
     luma_table, chroma_table = quality_tables(quality, x.device)
     dct = _dct_matrix(x.device).to(x.dtype)
     ycbcr = _rgb_to_ycbcr(padded)
     luma = _blockwise_roundtrip(ycbcr[:, 0], luma_table.to(x.dtype), dct)
-    chroma = F.avg_pool2d(ycbcr[:, 1:], 2)  # 4:2:0 subsampling
+    chroma = ycbcr[:, 1:]
+    if (rows, cols) != (1, 1):
+        chroma = F.avg_pool2d(chroma, (rows, cols))
     n, _, ch, cw = chroma.shape
     chroma = _blockwise_roundtrip(chroma.reshape(n * 2, ch, cw), chroma_table.to(x.dtype), dct)
-    chroma = F.interpolate(chroma.view(n, 2, ch, cw), scale_factor=2, mode="nearest")
+    chroma = chroma.view(n, 2, ch, cw)
+    if (rows, cols) != (1, 1):  # libjpeg's "fancy" upsampling is a triangle filter
+        chroma = F.interpolate(chroma, size=luma.shape[-2:], mode="bilinear", align_corners=False)
     out = _ycbcr_to_rgb(torch.cat([luma.unsqueeze(1), chroma], 1))
     return out[..., :height, :width].clamp(0, 255)
 

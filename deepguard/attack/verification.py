@@ -1,11 +1,17 @@
-"""Verification: does a detector still find a face, the way a real tool looks for it?
+"""Verification: does a tool still find a protected face, the way it looks for faces?
 
-A *look* is one detector at one scale and one score threshold. Every ensemble detector is
-looked at natively (at each of the config's ``scales``, at its own threshold), and every
-enabled tool profile adds the looks its tool takes: its detectors after its own resize, at its
-own threshold. Looks of a detector at the same scale are merged at the lowest threshold, so
-one pass answers for every tool that shares it. A delivered picture is hidden when no look
-finds a face on any delivered version (the saved file and its re-compressions).
+A *look* is one detector at one scale and one score threshold. Every enabled tool profile
+adds the looks its tool takes (its detectors after its own resize, at its own threshold), and
+the preset may add native looks of every ensemble detector (``scales``). Looks of a detector
+at the same scale are merged at the lowest threshold, so one pass answers for every tool that
+shares it.
+
+Judgement is per face. The faces to protect are those found on the clean picture (any look,
+at its own threshold when that is at least 0.5 and at 0.5 for lower ones, so LivePortrait's
+0.1 adds no stray "faces"; in a clip also the tracker's). A look finds a protected face when
+one of its detections above the threshold overlaps it (IoU ≥ 0.3 with any box a look drew
+around that face on the clean picture). Other detections, a poster or a shirt at 0.1, are
+counted and fail nothing.
 
 Resizing here is what the tools do: OpenCV's bilinear ``cv2.resize`` on the 8-bit picture.
 Detection is always fp32, whatever precision the attack ran in.
@@ -25,6 +31,10 @@ from deepguard.models.base import Detections, FaceDetector
 
 #: scales closer than this are one look (a 1279-pixel and a 1280-pixel photo are the same)
 _SAME_SCALE = 1e-3
+#: a detection is a protected face when it overlaps one of the face's clean boxes this much
+MATCH_IOU = 0.3
+#: the lowest score at which a clean detection counts as a face to protect
+FACE_SCORE = 0.5
 
 
 @dataclass(frozen=True)
@@ -103,48 +113,16 @@ def resize_like_tools(frame: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-@dataclass
-class Verdict:
-    """Faces found per frame on the worst delivered version: per look (at its threshold,
-    the lowest of its tools') and per tool (at the tool's own threshold)."""
-
-    looks: dict[Look, list[int]] = field(default_factory=dict)
-    tools: dict[str, list[int]] = field(default_factory=dict)
-
-    def by_detector(self) -> dict[str, list[int]]:
-        counts: dict[str, list[int]] = {}
-        for look, per_frame in self.looks.items():
-            keep_most(counts, look.detector, per_frame)
-        return counts
-
-    def by_tool(self) -> dict[str, list[int]]:
-        return dict(self.tools)
-
-    def merge(self, other: Verdict) -> Verdict:
-        """The faces found on this version or on ``other``, look by look and tool by tool."""
-        merged = Verdict(dict(self.looks), dict(self.tools))
-        for look, per_frame in other.looks.items():
-            keep_most(merged.looks, look, per_frame)
-        for tool, per_frame in other.tools.items():
-            keep_most(merged.tools, tool, per_frame)
-        return merged
-
-    @classmethod
-    def of(cls, found: Mapping[Look, list[Detections]]) -> Verdict:
-        """Count ``found``: each look's faces, and each tool's at the tool's threshold."""
-        verdict = cls()
-        for look, per_frame in found.items():
-            verdict.looks[look] = [len(d) for d in per_frame]
-            for tool, threshold in zip(look.tools, look.tool_thresholds, strict=True):
-                counts = [int((d.scores > threshold).sum()) for d in per_frame]
-                keep_most(verdict.tools, tool, counts)
-        return verdict
-
-
 def detect_looks(
-    detectors: Mapping[str, FaceDetector], looks: Sequence[Look], frames: np.ndarray
+    detectors: Mapping[str, FaceDetector],
+    looks: Sequence[Look],
+    frames: np.ndarray,
+    margin: float = 1.0,
+    scale: float = 1.0,
 ) -> dict[Look, list[Detections]]:
-    """Each look's detections on N×H×W×3 uint8 frames, boxes in frame pixels (fp32)."""
+    """Each look's detections on N×H×W×3 uint8 frames, at ``margin`` × its threshold (fp32).
+    Boxes are in the pixels of a picture ``scale`` times smaller than these frames (a
+    platform's copy judged against the faces of the original)."""
     found: dict[Look, list[Detections]] = {}
     for look in looks:
         detector = detectors[look.detector]
@@ -154,65 +132,227 @@ def detect_looks(
             x = torch.from_numpy(np.require(resized, requirements=["C", "W"])).to(detector.device)
             with torch.autocast(detector.device.type, enabled=False):
                 (result,) = detector.detect_batch(
-                    x.permute(2, 0, 1).unsqueeze(0).float(), look.threshold
+                    x.permute(2, 0, 1).unsqueeze(0).float(), margin * look.threshold
                 )
-            per_frame.append(Detections(result.boxes / look.scale, result.scores))
+            per_frame.append(Detections(result.boxes / (look.scale * scale), result.scores))
         found[look] = per_frame
     return found
 
 
-def judge(
-    detectors: Mapping[str, FaceDetector], looks: Sequence[Look], versions: Iterable[np.ndarray]
-) -> Verdict:
-    """Faces each look finds, per frame, on the worst of the delivered ``versions``."""
-    verdict = Verdict()
-    for frames in versions:
-        verdict = verdict.merge(Verdict.of(detect_looks(detectors, looks, frames)))
-    return verdict
+# -- the faces to protect ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face to protect: every box a look drew around it on the clean picture (M×4 xyxy)."""
+
+    boxes: np.ndarray
+
+    @property
+    def box(self) -> np.ndarray:
+        """The smallest box holding all of them."""
+        return np.concatenate([self.boxes[:, :2].min(0), self.boxes[:, 2:].max(0)])
+
+    def matched_by(self, boxes: np.ndarray, iou: float = MATCH_IOU) -> np.ndarray:
+        """Which of ``boxes`` (K×4) overlap this face by ``iou`` (a K bool mask)."""
+        if len(boxes) == 0:
+            return np.zeros(0, bool)
+        return (box_iou(boxes, self.boxes) >= iou).any(axis=1)
+
+    def to_json(self) -> list[float]:
+        """Its box, for a clip's per-frame rows."""
+        return [round(float(v), 1) for v in self.box]
+
+    def to_report(self) -> dict:
+        """Its box and every box the looks drew around it, for a photo's report."""
+        boxes = [[round(float(v), 1) for v in box] for box in self.boxes]
+        return {"box": self.to_json(), "boxes": boxes}
+
+
+#: per frame, its faces to protect (``None``: a frame whose faces are not known, where every
+#: detection counts as a face)
+Faces = list[list[Face] | None]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """K×M IoU of xyxy boxes."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def protected_faces(
+    found: Mapping[Look, list[Detections]],
+    frames: int,
+    extra: Sequence[np.ndarray] | None = None,
+) -> Faces:
+    """The faces to protect on each of ``frames`` frames: every clean detection of a look at
+    its threshold, or at :data:`FACE_SCORE` when the threshold is lower, plus ``extra`` boxes
+    (a tracker's, K×4 per frame). Boxes overlapping by :data:`MATCH_IOU` are one face."""
+    faces: Faces = []
+    for index in range(frames):
+        boxes, scores = [], []
+        for look, per_frame in found.items():
+            detections = per_frame[index]
+            keep = detections.scores >= max(look.threshold, FACE_SCORE)
+            boxes.append(detections.boxes[keep])
+            scores.append(detections.scores[keep])
+        if extra is not None and len(extra[index]):
+            boxes.append(np.asarray(extra[index], np.float32).reshape(-1, 4))
+            scores.append(np.zeros(len(boxes[-1]), np.float32))  # after every detection
+        faces.append(_cluster(boxes, scores))
+    return faces
+
+
+def _cluster(boxes: list[np.ndarray], scores: list[np.ndarray]) -> list[Face]:
+    """Greedy, highest score first: a box joins the first face it overlaps by MATCH_IOU."""
+    if not boxes or not sum(len(b) for b in boxes):
+        return []
+    all_boxes = np.concatenate(boxes).astype(np.float32)
+    order = np.argsort(-np.concatenate(scores), kind="stable")
+    members: list[list[np.ndarray]] = []
+    for box in all_boxes[order]:
+        for group in members:
+            if (box_iou(box[None], np.stack(group)) >= MATCH_IOU).any():
+                group.append(box)
+                break
+        else:
+            members.append([box])
+    return [Face(np.stack(group)) for group in members]
+
+
+# -- verdicts --------------------------------------------------------------------------------
+
+
+@dataclass
+class Finding:
+    """What one tool (or look) found on one frame: the protected faces (their indices) and
+    how many other detections it made."""
+
+    faces: set[int] = field(default_factory=set)
+    others: int = 0
+
+    def merge(self, other: Finding) -> Finding:
+        return Finding(self.faces | other.faces, max(self.others, other.others))
+
+
+def match(detections: Detections, faces: list[Face] | None, threshold: float) -> Finding:
+    """The protected ``faces`` that ``detections`` above ``threshold`` overlap, and how many
+    of those detections overlap none (``faces`` unknown: every detection is a face)."""
+    keep = detections.scores > threshold
+    boxes = detections.boxes[keep]
+    if faces is None:
+        return Finding(set(range(len(boxes))), 0)
+    hits = np.zeros(len(boxes), bool)
+    found = set()
+    for index, face in enumerate(faces):
+        matched = face.matched_by(boxes)
+        if matched.any():
+            found.add(index)
+            hits |= matched
+    return Finding(found, int((~hits).sum()))
+
+
+@dataclass
+class Verdict:
+    """Every look's detections on every delivered copy, judged against the faces to protect.
+
+    ``found``: chain name → look → per frame, its detections at ``margin`` × the look's
+    threshold, boxes in the original picture's pixels."""
+
+    faces: Faces
+    found: dict[str, dict[Look, list[Detections]]] = field(default_factory=dict)
+    margin: float = 1.0
+
+    @property
+    def frames(self) -> int:
+        return len(self.faces)
+
+    @property
+    def chains(self) -> list[str]:
+        return list(self.found)
+
+    def merge(self, other: Verdict) -> Verdict:
+        """Both verdicts' looks (on the same faces): the tools' detectors outside the ensemble
+        join the ensemble's."""
+        found = {chain: dict(looks) for chain, looks in self.found.items()}
+        for chain, looks in other.found.items():
+            found.setdefault(chain, {}).update(looks)
+        return Verdict(self.faces, found, min(self.margin, other.margin))
+
+    def tool(self, name: str, chain: str | None = None, margin: float = 1.0) -> list[Finding]:
+        """Per frame, what tool ``name`` finds (every look it takes, at its own threshold ×
+        ``margin``), on ``chain`` or on the worst of them."""
+        findings = [Finding() for _ in range(self.frames)]
+        for chain_name, looks in self.found.items():
+            if chain not in (None, chain_name):
+                continue
+            for look, per_frame in looks.items():
+                if name not in look.tools:
+                    continue
+                threshold = look.tool_thresholds[look.tools.index(name)] * margin
+                for index, detections in enumerate(per_frame):
+                    found = match(detections, self.faces[index], threshold)
+                    findings[index] = findings[index].merge(found)
+        return findings
+
+    def look(self, look: Look, chain: str, margin: float = 1.0) -> list[Finding]:
+        """Per frame, what ``look`` finds on ``chain`` at ``margin`` × its threshold."""
+        per_frame = self.found.get(chain, {}).get(look)
+        if per_frame is None:
+            return [Finding() for _ in range(self.frames)]
+        return [match(d, self.faces[i], look.threshold * margin) for i, d in enumerate(per_frame)]
+
+    def tools(self) -> list[str]:
+        names: dict[str, None] = {}
+        for looks in self.found.values():
+            for look in looks:
+                names.update(dict.fromkeys(look.tools))
+        return list(names)
+
+    def by_tool(self, chain: str | None = None) -> dict[str, list[int]]:
+        """Per tool, the protected faces it finds on each frame (worst chain by default)."""
+        return {
+            name: [len(finding.faces) for finding in self.tool(name, chain)]
+            for name in self.tools()
+        }
+
+    def by_detector(self, chain: str | None = None) -> dict[str, list[int]]:
+        """Per detector, the protected faces any of its looks finds on each frame, each look
+        at its own (lowest tool) threshold."""
+        counts: dict[str, list[set[int]]] = {}
+        for chain_name, looks in self.found.items():
+            if chain not in (None, chain_name):
+                continue
+            for look in looks:
+                found = counts.setdefault(look.detector, [set() for _ in range(self.frames)])
+                for index, finding in enumerate(self.look(look, chain_name)):
+                    found[index] |= finding.faces
+        return {name: [len(faces) for faces in per_frame] for name, per_frame in counts.items()}
+
+    def hides_from(self, tools: Iterable[str], margin: float = 1.0) -> bool:
+        """No protected face found by any of ``tools`` on any chain (at ``margin`` × each
+        tool's threshold)."""
+        return not any(finding.faces for name in tools for finding in self.tool(name, None, margin))
+
+    def found_pairs(self, tools: Iterable[str], margin: float = 1.0) -> set[tuple]:
+        """(tool, chain, frame, face) for every protected face a tool finds: what a smaller
+        perturbation must not add to."""
+        pairs = set()
+        for name in tools:
+            for chain in self.found:
+                for index, finding in enumerate(self.tool(name, chain, margin)):
+                    pairs |= {(name, chain, index, face) for face in finding.faces}
+        return pairs
 
 
 def keep_most(counts: dict, name: object, per_frame: list[int]) -> None:
     """Per frame, the most faces ``name`` found in any of the looks counted so far."""
     previous = counts.get(name, [0] * len(per_frame))
     counts[name] = [max(a, b) for a, b in zip(previous, per_frame, strict=True)]
-
-
-def tool_summary(
-    profiles: Sequence[ToolProfile],
-    attacked: Iterable[str],
-    before: Mapping[str, list[int]],
-    after: Mapping[str, list[int]],
-) -> list[dict]:
-    """One report row per tool: faces before → after, and whether the result protects
-    against it. A tool whose detectors are not all attacked is "not covered", whatever its
-    counts say; one that found no face on the clean input has nothing to protect. A tool
-    with no counts was not looked at (none of its detectors could be loaded): its faces are
-    null rather than a 0 that would read as "none found"."""
-    attacked = set(attacked)
-    rows = []
-    for profile in profiles:
-        found_before = sum(before[profile.name]) if profile.name in before else None
-        found_after = sum(after[profile.name]) if profile.name in after else None
-        covered = set(profile.detectors) <= attacked
-        if not covered:
-            status = "not covered"
-        elif not found_before:
-            status = "no faces found"
-        else:
-            status = "protected" if found_after == 0 else "not protected"
-        rows.append(
-            {
-                "tool": profile.name,
-                "title": profile.title,
-                "detectors": list(profile.detectors),
-                "resize": profile.describe_resize(),
-                "threshold": profile.threshold,
-                "runs": profile.runs,
-                "stand_in": profile.stand_in,
-                "covered": covered,
-                "faces_before": found_before,
-                "faces_after": found_after,
-                "status": status,
-            }
-        )
-    return rows

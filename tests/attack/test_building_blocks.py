@@ -96,12 +96,13 @@ def test_a_stalled_detector_is_left_out_of_the_repairs() -> None:
     attack = FacePoison(config, detectors=detectors)
     run = SimpleNamespace(
         detectors=detectors,
-        round_starts=[0, 2],  # judged over the last two rounds: here all four iterations
         losses={"retinaface": [100.0, 90.0, 45.0, 40.0], "mtcnn": [463.0, 460.0, 370.0, 368.0],
                 "yunet": [172.0, 170.0, 100.0, 98.8], "hidden": [50.0, 50.0, 49.0, 49.0]},
     )  # fmt: skip
     still_found = {"retinaface": [1], "mtcnn": [1], "yunet": [2], "hidden": [0]}
-    kept = [d.name for d in attack._without_stalled(run, still_found)]
+    verdict = SimpleNamespace(by_detector=lambda: still_found)
+    # judged over the last two rounds (started at iterations 0 and 2): all four iterations
+    kept = [d.name for d in attack._without_stalled(run, verdict, [0, 2])]
     assert kept == ["retinaface", "yunet", "hidden"]  # mtcnn fell 20 %: no more repairs
 
 
@@ -136,34 +137,41 @@ def test_shrinking_keeps_hidden_faces_clear_of_the_threshold() -> None:
     """The final shrink buys back quality, but a face hidden at full strength must stay below
     the early stop's margin, not just below the threshold: a perturbation at the bare
     threshold breaks under the next codec, warm start or smoothing."""
+    from collections import Counter
     from types import SimpleNamespace
 
     from deepguard.attack.core import FacePoison
-    from deepguard.attack.regions import Window
+    from deepguard.attack.perturbation import Perturbation
+    from deepguard.attack.verification import Face
 
     config = load_preset(
-        "balanced", epsilon=16, shrink_steps=3, verify_recompress_quality=None, scales=[1.0]
+        "balanced", epsilon=16, shrink_steps=3, scales=[1.0], tools=[], deliver=["saved"]
     )
     frames = np.full((1, 16, 16, 3), 100, np.uint8)
     clean = torch.full((1, 3, 16, 16), 100.0)
     detector = _FadingFace(clean)
     attack = FacePoison(config, detectors=[detector])
+    perturbation = Perturbation(torch.full((1, 1, 16, 16), 16.0), [0])
+    perturbation.fix(torch.full_like(clean, 16.0))
+    faces = [[Face(np.array([[0, 0, 8, 8]], np.float32))]]
     run = SimpleNamespace(
-        x=clean, frames=frames, detectors=[detector], roundtrip=None,
-        views=[Window(0, 0, 0, 16, 16)], delta=torch.full_like(clean, 16.0),
-        looks=attack.looks(16, 16), bound=torch.full((1, 1, 16, 16), 16.0),
+        x=clean, frames=frames, faces=faces, perturbation=perturbation, roundtrip=None,
+        passes=Counter(),
     )  # fmt: skip
-    verdict = attack.judge(attack.delivered(frames + 16, None))
-    found = attack._shrink(run, verdict, attack.delivered(frames + 16, None)).by_detector()
+    verdict = attack.check(run)
+    assert attack.clear(verdict, ["fading"])
+    shrunk = attack._shrink(run, verdict, ["fading"])
     # scales 0.5 (0.85 × threshold: hidden, but inside the margin), 0.75 (0.725), 0.625
     # (0.7875): the bare-threshold rule would have taken 0.25 (0.975 × threshold)
-    assert found == {"fading": [0]}
-    assert float(run.delta.mean()) == pytest.approx(16 * 0.625)
-    assert detector._score(clean + run.delta) < config.verify_margin * detector.score_threshold
+    assert attack.clear(shrunk, ["fading"])
+    delta = perturbation.value()
+    assert float(delta.mean()) == pytest.approx(16 * 0.625)
+    assert detector._score(clean + delta) < config.verify_margin * detector.score_threshold
+    assert run.passes["shrink"] == 4  # three bisection steps and the final check
 
 
 def test_the_budget_fades_out_around_each_face_window_but_not_at_the_frame_edge() -> None:
-    from deepguard.attack.core import _soft_mask
+    from deepguard.attack.perturbation import soft_mask as _soft_mask
 
     x = torch.zeros(1, 3, 100, 200)
     inner = Window(0, 50, 20, 150, 80)  # 100×60: a band of 6 pixels at fade 0.1
@@ -180,7 +188,7 @@ def test_the_budget_fades_out_around_each_face_window_but_not_at_the_frame_edge(
 
 
 def test_views_of_different_sizes_go_through_a_detector_as_one_batch() -> None:
-    from deepguard.attack.core import _pad_batch
+    from deepguard.attack.optimiser import _pad_batch
 
     views = [torch.ones(1, 3, 40, 30), torch.full((1, 3, 20, 50), 2.0)]
     batch = _pad_batch(views)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from deepguard.attack.config import load_preset
-from deepguard.attack.core import FacePoison
+from deepguard.attack.core import FacePoison, _through
 from deepguard.attack.regions import Window
 from tests.media import read_frames
 
@@ -56,10 +56,10 @@ def test_the_delivery_codec_is_seen_forward_and_passed_straight_through_backward
         yunet_attack.config.model_copy(update={"eot_delivery": 1.0}), yunet_attack.detectors
     )
     coarse = lambda frames: (frames // 16 * 16).astype(np.uint8)  # noqa: E731  a harsh "codec"
-    run = SimpleNamespace(rng=random.Random(0), roundtrip=coarse)
+    run = SimpleNamespace(rng=random.Random(0), through_codec=_through(coarse))
     x = (torch.arange(2 * 3 * 4 * 5, dtype=torch.float32) % 256).view(2, 3, 4, 5)
     x.requires_grad_(True)
-    seen = attack._through_delivery(run, x)
+    seen = attack.optimiser._through_delivery(run, x)
     expected = torch.from_numpy(coarse(x.detach().permute(0, 2, 3, 1).byte().numpy()))
     torch.testing.assert_close(seen.detach(), expected.permute(0, 3, 1, 2).float())
     (seen * 3).sum().backward()
@@ -67,7 +67,7 @@ def test_the_delivery_codec_is_seen_forward_and_passed_straight_through_backward
     # off (the photo default): the frames pass untouched
     assert yunet_attack.config.model_copy(update={"eot_delivery": 0.0}).eot_delivery == 0.0
     untouched = FacePoison(load_preset("balanced", detectors=["yunet"]), attack.detectors)
-    assert untouched._through_delivery(run, x) is x
+    assert untouched.optimiser._through_delivery(run, x) is x
 
 
 def test_frames_attacked_with_a_shared_perturbation_end_with_the_same_one(

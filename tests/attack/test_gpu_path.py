@@ -39,7 +39,6 @@ QUICK = {
     "repair_iterations": 4,
     "shrink_steps": 0,
     "eot": False,
-    "verify_recompress_quality": None,
 }
 
 
@@ -248,14 +247,15 @@ def test_an_overflowing_fp16_gradient_is_redone_in_fp32(portrait: np.ndarray) ->
     attack = FacePoison(load_preset("balanced", precision="fp16", **QUICK))
     (detector,) = attack.detectors
     view = torch.from_numpy(portrait.copy()).permute(2, 0, 1)[None].float().requires_grad_()
-    attack._loss_scales[detector.name] = 1e38  # a scaled loss that overflows
-    gradients, excess, peak = attack._detector_gradients(
-        detector, view, None, True, attack.config.score_floor
+    optimiser = attack.optimiser
+    optimiser._loss_scales[detector.name] = 1e38  # a scaled loss that overflows
+    gradients, excess, peak = optimiser._detector_gradients(
+        detector, view, None, None, True, attack.config.score_floor
     )
     assert gradients is None and excess > 0 and peak > detector.score_threshold
-    assert attack._loss_scales[detector.name] < 1e38  # lowered for the next pass
-    gradients, _, _ = attack._detector_gradients(
-        detector, view, None, False, attack.config.score_floor
+    assert optimiser._loss_scales[detector.name] < 1e38  # lowered for the next pass
+    gradients, _, _ = optimiser._detector_gradients(
+        detector, view, None, None, False, attack.config.score_floor
     )
     assert gradients and torch.isfinite(gradients[0]).all() and gradients[0].abs().sum() > 0
 

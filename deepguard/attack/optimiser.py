@@ -1,0 +1,422 @@
+"""The optimiser loop: sign-gradient steps on the perturbation against every look at once.
+
+Each iteration draws one delivery chain (in turn), runs a differentiable, randomised version
+of it on the perturbed frames (:class:`~deepguard.attack.delivery.ChainModel`), and shows the
+copy to every look the way its tool would, through a randomised resize
+(:class:`~deepguard.attack.delivery.ToolResize`). Each look's loss pushes down only the
+entries on the protected faces; its gradient is normalised (no detector outvotes the others)
+and all of them flow back through the chain into the perturbation's components in one
+backward pass. The real check (:meth:`FacePoison.check`) runs every ``check_every``
+iterations, and sooner when this iteration's own passes saw every look below the early
+stop's margin.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from deepguard.attack.config import AttackConfig
+from deepguard.attack.delivery import Chain, ChainModel, ToolResize, ViewGeometry
+from deepguard.attack.losses import FeatureImportance, face_score_loss
+from deepguard.attack.perturbation import Perturbation
+from deepguard.attack.precision import Autocast
+from deepguard.attack.regions import Window
+from deepguard.attack.transforms import quantize_uint8, resize
+from deepguard.attack.verification import Faces, Look
+from deepguard.models.base import FaceDetector
+from deepguard.progress import Progress, detector_phase
+
+log = logging.getLogger(__name__)
+
+_TINY = 1e-12
+
+
+@dataclass
+class Plan:
+    """What one chain delivers and how the attacked looks see it: the delivered copy's
+    nominal (height, width) and the looks planned for that size."""
+
+    chain: Chain
+    size: tuple[int, int]
+    looks: list[Look]
+
+
+@dataclass
+class Run:
+    """The state of one attack call, shared by the loop and the checks."""
+
+    x: Tensor  # N×3×H×W float, the clean frames
+    frames: np.ndarray  # the clean frames as uint8
+    faces: Faces  # what is protected, per frame
+    detectors: list[FaceDetector]  # the ones attacked in this call
+    plans: list[Plan]
+    perturbation: Perturbation
+    views: list[Window]  # the native looks' crops, around the faces
+    importance: dict[tuple, FeatureImportance]
+    model: ChainModel
+    resize: ToolResize
+    rng: random.Random
+    progress: Progress | None
+    total_budget: int
+    #: the caller's real codec (the saved file), for the check
+    roundtrip: Callable[[np.ndarray], np.ndarray] | None = None
+    #: the same codec on tensors, straight through, on a share of iterations (video)
+    through_codec: Callable[[Tensor], Tensor] | None = None
+    iterations: int = 0
+    passes: Counter = field(default_factory=Counter)  # by kind: attack, check, ...
+    # detector → its score loss summed over views, per iteration (to spot a stalled one)
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    # (chain, look) → the highest face score its last pass saw: the cheap check
+    peaks: dict[tuple[str, Look], float] = field(default_factory=dict)
+
+    def face_boxes(self, frame: int) -> np.ndarray:
+        """K×4: every clean box of every protected face of ``frame``."""
+        boxes = [face.boxes for face in self.faces[frame]]
+        return np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
+
+
+class Optimiser:
+    """Runs iterations on a :class:`Run` for one ensemble (its detectors and settings)."""
+
+    def __init__(
+        self, config: AttackConfig, table: dict[str, FaceDetector], autocast: Autocast
+    ) -> None:
+        self.config = config
+        self.table = table
+        self.autocast = autocast
+        #: per detector, the fp16 loss scale (lowered when a scaled gradient overflows)
+        self._loss_scales: dict[str, float] = {}
+
+    def iterate(self, run: Run, budget: int, clear: Callable[[Run], bool]) -> None:
+        """Up to ``budget`` steps; stops early once ``clear(run)`` (the real check) passes,
+        or once the loss has stopped falling (more of the same steps would be wasted)."""
+        config = self.config
+        best, since_best = float("inf"), 0
+        for step in range(1, budget + 1):
+            plan = run.plans[run.iterations % len(run.plans)]
+            leaves = run.perturbation.leaves()
+            moved = self._gradient(run, plan, leaves)
+            run.iterations += 1
+            if run.progress:
+                run.progress("attack", run.iterations, run.total_budget)
+                self._report_losses(run)
+            if moved is None:
+                log.debug("no look sees anything to push down")
+            else:
+                run.perturbation.step(moved, config.step)
+            due = step % config.check_every == 0 or self.looks_clear(run)
+            if step >= config.min_iterations and due and clear(run):
+                log.debug("hidden after delivery at iteration %d", run.iterations)
+                break
+            if moved is None:
+                continue
+            if not config.patience:
+                continue
+            loss = sum(t[-1] for t in run.losses.values() if len(t) == run.iterations)
+            if loss < (1 - config.plateau_tolerance) * best:
+                best, since_best = loss, 0
+            else:
+                since_best += 1
+            if since_best >= config.patience:
+                log.debug("loss stalled at %.3g for %d iterations", loss, since_best)
+                break
+
+    def looks_clear(self, run: Run) -> bool:
+        """The cheap check: did every look of every chain score below the early stop's margin
+        on the faces, in its last pass?"""
+        margin = self.config.verify_margin
+        seen = {chain for chain, _ in run.peaks}
+        return len(seen) == len(run.plans) and all(
+            peak < margin * look.threshold for (_, look), peak in run.peaks.items()
+        )
+
+    # -- one iteration ---------------------------------------------------------------------
+
+    def _gradient(self, run: Run, plan: Plan, leaves: list[Tensor]) -> list[Tensor] | None:
+        """The gradient of every attacked look's loss on ``plan``'s chain with respect to the
+        perturbation's components (``None``: nothing left to push down)."""
+        delta = run.perturbation.compose(leaves)
+        adversarial = self._through_delivery(run, quantize_uint8(run.x + delta))
+        delivered = run.model(adversarial, plan.chain)
+        height, width = run.x.shape[-2:]
+        # the delivered copy against the original frame, and against the chain's nominal size
+        ratio_x, ratio_y = delivered.shape[-1] / width, delivered.shape[-2] / height
+        drift = max(plan.size) / max(delivered.shape[-2:])
+        totals: list[Tensor] | None = None
+        looks = self._draw_looks(run, plan)
+        for position, look in enumerate(looks):
+            surrogate = delivered.new_zeros(())
+            for group in self._views(run, look, delivered, drift, (ratio_x, ratio_y)):
+                batch = _pad_batch([row.view for row in group])
+                faces = [torch.from_numpy(row.faces) for row in group]
+                window = group[0].window if len(group) == 1 else None
+                leaf = batch.detach().requires_grad_(True)
+                gradient = self._look_gradient(run, plan.chain, look, leaf, faces, window)
+                if gradient is None:
+                    continue
+                for index, row in enumerate(group):
+                    rows, cols = row.view.shape[-2:]
+                    part = gradient[index : index + 1, :, :rows, :cols]
+                    surrogate = surrogate + (row.view * part).sum()
+            if not surrogate.requires_grad:
+                continue
+            # each look's say in every component is the same: its gradient there, normalised
+            last = position == len(looks) - 1
+            parts = torch.autograd.grad(surrogate, leaves, retain_graph=not last)
+            weight = self.config.detector_weights.get(look.detector, 1.0)
+            normalised = [weight * g / (g.abs().mean() + _TINY) for g in parts]
+            totals = (
+                normalised
+                if totals is None
+                else [a + b for a, b in zip(totals, normalised, strict=True)]
+            )
+        return totals
+
+    def _through_delivery(self, run: Run, adversarial: Tensor) -> Tensor:
+        """On a share ``eot_delivery`` of iterations, the frames as the real codec delivers
+        them, with a straight-through gradient (a clip's H.264: the differentiable JPEG only
+        approximates it, and H.264 at the output's CRF washed out perturbations that were
+        clear on the raw pixels: 7 of 11 looks found a key frame's face after the codec)."""
+        if run.through_codec is None or run.rng.random() >= self.config.eot_delivery:
+            return adversarial
+        coded = run.through_codec(adversarial)
+        return adversarial + (coded - adversarial).detach()
+
+    def _draw_looks(self, run: Run, plan: Plan) -> list[Look]:
+        """One look per attacked detector for this iteration: with ``looks_per_detector``
+        set to 1 (the default), a detector's looks at its tools' sizes take turns, the ones
+        that still see a face most often (drawn in proportion to their last peak score over
+        their threshold). Each pass then serves every tool that runs the detector, and the
+        random resize around each tool's size covers the sizes in between."""
+        attacked = {d.name for d in run.detectors}
+        by_detector: dict[str, list[Look]] = {}
+        for look in plan.looks:
+            if look.detector in attacked:
+                by_detector.setdefault(look.detector, []).append(look)
+        if not self.config.sample_looks:
+            return [look for looks in by_detector.values() for look in looks]
+        drawn = []
+        for looks in by_detector.values():
+            weights = [
+                min(2.0, run.peaks.get((plan.chain.name, look), look.threshold) / look.threshold)
+                + 0.2
+                for look in looks
+            ]
+            drawn.append(run.rng.choices(looks, weights)[0])
+        return drawn
+
+    def _views(
+        self,
+        run: Run,
+        look: Look,
+        delivered: Tensor,
+        drift: float,
+        ratios: tuple[float, float],
+    ) -> list[list[_View]]:
+        """What ``look`` sees of the delivered copy, in batches: a tool's look sees every
+        frame whole after its (randomised) resize; a native look crops around the faces, with
+        random context (each crop alone when the feature loss needs its own importance)."""
+        height, width = run.x.shape[-2:]
+        frames = sorted({w.frame for w in run.views})
+        scale = np.array([*ratios, *ratios], np.float32)
+        if not look.native:
+            batch, geometry = run.resize(delivered[frames], look.scale * drift)
+            return [[
+                _View(batch[i : i + 1], geometry.boxes_to_view(run.face_boxes(f) * scale),
+                      float(height * width), None)
+                for i, f in enumerate(frames)
+            ]]  # fmt: skip
+        config = self.config
+        rows = []
+        for window in run.views:
+            grown = _with_context(window, (height, width), config.view_context, run.rng)
+            x1, y1 = round(grown.x1 * ratios[0]), round(grown.y1 * ratios[1])
+            x2 = max(x1 + 1, round(grown.x2 * ratios[0]))
+            y2 = max(y1 + 1, round(grown.y2 * ratios[1]))
+            crop = delivered[grown.frame : grown.frame + 1, :, y1:y2, x1:x2]
+            factor = look.scale
+            if config.eot and config.eot_scale and run.rng.random() < config.eot_probability:
+                factor *= run.rng.uniform(*config.eot_scale)
+            view = resize(crop, factor) if factor != 1.0 else crop
+            geometry = ViewGeometry(
+                view.shape[-1] / crop.shape[-1], view.shape[-2] / crop.shape[-2], x1, y1
+            )
+            faces = geometry.boxes_to_view(run.face_boxes(grown.frame) * scale)
+            rows.append(_View(view, faces, float(grown.area), window))
+        if run.importance:
+            return [[row] for row in rows]
+        return [rows]
+
+    def _look_gradient(
+        self,
+        run: Run,
+        chain: Chain,
+        look: Look,
+        view: Tensor,
+        faces: list[Tensor],
+        window: Window | None,
+    ) -> Tensor | None:
+        """The normalised gradient of ``look``'s face loss with respect to ``view`` (a batch),
+        or ``None`` when its faces already score below the floor everywhere."""
+        detector = self.table[look.detector]
+        importance = (
+            run.importance.get((detector.name, window.frame, window.x1, window.y1))
+            if look.native and window is not None
+            else None
+        )
+        # a look at another threshold moves the floors with it
+        floor = self.config.score_floor * look.threshold / detector.score_threshold
+        gradients, excess, peak = self._detector_gradients(
+            detector, view, faces, importance, True, floor
+        )
+        if gradients is None:  # the half-precision gradient overflowed: this pass in fp32
+            gradients, excess, peak = self._detector_gradients(
+                detector, view, faces, importance, False, floor
+            )
+        run.passes["attack"] += view.shape[0]
+        run.peaks[(chain.name, look)] = peak
+        trace = run.losses.setdefault(detector.name, [])
+        if len(trace) < run.iterations + 1:
+            trace.append(0.0)
+        trace[-1] += excess
+        if not gradients:
+            return None
+        total = None
+        for grad in gradients:
+            grad = grad / (grad.abs().mean() + _TINY)
+            total = grad if total is None else total + grad
+        return total
+
+    def _detector_gradients(
+        self,
+        detector: FaceDetector,
+        view: Tensor,
+        faces: list[Tensor],
+        importance: FeatureImportance | None,
+        half: bool,
+        floor: float,
+    ) -> tuple[list[Tensor] | None, float, float]:
+        """One detector's loss gradients with respect to ``view`` (raw, not normalised), its
+        face loss above ``floor`` (a fraction of its threshold) and its highest face score;
+        ``None`` gradients when a half-precision one overflowed."""
+        config = self.config
+        half = half and self.autocast.applies_to(detector)
+        scale = self._loss_scales.get(detector.name, self.autocast.loss_scale) if half else 1.0
+        with self.autocast.forward(detector, enabled=half):
+            if importance is not None:
+                maps, features = detector.face_maps_and_features(view)
+            else:
+                maps, features = detector.face_maps(view), {}
+        faces_or_all = faces if config.face_loss else None
+        score, peak = face_score_loss(
+            maps, detector.score_floors(floor), faces_or_all, config.face_iou, config.loss_power
+        )
+        excess = float(score.detach())
+        terms = [score] if excess > 0 else []
+        if importance is not None and features and terms:
+            terms.append(importance.loss(features) * config.feature_weight)
+        gradients = []
+        for term in terms:
+            (grad,) = torch.autograd.grad(term * scale, view, retain_graph=term is not terms[-1])
+            if half and not bool(torch.isfinite(grad).all()):
+                self._loss_scales[detector.name] = max(1.0, scale / 16)
+                log.debug("%s: gradient overflowed in %s at loss scale %g; fp32 this pass",
+                          detector.name, self.autocast.name, scale)  # fmt: skip
+                return None, excess, peak
+            gradients.append(grad)
+        return gradients, excess, peak
+
+    @staticmethod
+    def _report_losses(run: Run) -> None:
+        """Per detector: how much of its score loss this call has removed so far."""
+        assert run.progress is not None
+        for name, trace in run.losses.items():
+            if trace and trace[0] > 0:
+                removed = 1 - trace[-1] / trace[0]
+                run.progress(detector_phase("loss", name), round(100 * max(0.0, removed)), 100)
+
+
+@dataclass
+class _View:
+    """One view a look is shown: the tensor, the protected faces' boxes in its pixels, the
+    area of the frame it covers, and its window (native crops)."""
+
+    view: Tensor
+    faces: np.ndarray
+    area: float
+    window: Window | None
+
+
+def importance_for(
+    config: AttackConfig,
+    x: Tensor,
+    views: Sequence[Window],
+    generator: torch.Generator,
+    detectors: Sequence[FaceDetector],
+) -> dict[tuple, FeatureImportance]:
+    """The FacePoison feature importance of every detector on every native view."""
+    importance = {}
+    for window in views:
+        crop = x[window.frame : window.frame + 1, :, window.y1 : window.y2, window.x1 : window.x2]
+        for detector in detectors:
+            estimate = FeatureImportance.estimate(
+                detector, crop, config.feature_masks, config.feature_keep_prob, generator
+            )
+            if estimate is not None:
+                importance[(detector.name, window.frame, window.x1, window.y1)] = estimate
+    return importance
+
+
+def loss_drops(losses: dict[str, list[float]]) -> dict[str, float]:
+    """Per detector, the share of its score loss removed from the first two iterations to the
+    last two."""
+    drops = {}
+    for name, trace in losses.items():
+        first, last = trace_ends(trace)
+        drops[name] = max(0.0, 1 - last / first) if first > 0 else 1.0
+    return drops
+
+
+def trace_ends(trace: list[float]) -> tuple[float, float]:
+    """A loss trace's start and end: the mean of two iterations at either end (one draw is
+    noisy); 0 for an empty trace."""
+    return float(np.mean(trace[:2] or [0])), float(np.mean(trace[-2:] or [0]))
+
+
+def _with_context(
+    window: Window, size: tuple[int, int], context: float, rng: random.Random
+) -> Window:
+    """``window`` grown by a random amount of surrounding context on each side.
+
+    Detectors judge a face partly by its surroundings; varying the context every iteration
+    makes a perturbation found on a view hold when the detector sees the whole frame.
+    """
+    height, width = size
+    grow_x = (window.x2 - window.x1) * context
+    grow_y = (window.y2 - window.y1) * context
+    return Window(
+        window.frame,
+        max(0, int(window.x1 - rng.uniform(0.5, 1.0) * grow_x)),
+        max(0, int(window.y1 - rng.uniform(0.5, 1.0) * grow_y)),
+        min(width, int(window.x2 + rng.uniform(0.5, 1.0) * grow_x)),
+        min(height, int(window.y2 + rng.uniform(0.5, 1.0) * grow_y)),
+    )
+
+
+def _pad_batch(views: list[Tensor]) -> Tensor:
+    """1×3×h×w views of different sizes as one batch, zero-padded at the right and bottom
+    (as a letterboxing tool pads); one view goes through unchanged."""
+    if len(views) == 1:
+        return views[0]
+    height = max(v.shape[-2] for v in views)
+    width = max(v.shape[-1] for v in views)
+    return torch.cat([F.pad(v, (0, width - v.shape[-1], 0, height - v.shape[-2])) for v in views])
