@@ -81,10 +81,12 @@ def _attack_config(args: argparse.Namespace):
     tools = None
     if args.tools:
         tools = [] if args.tools == "none" else [t.strip() for t in args.tools.split(",") if t]
+    deliver = _split(args.deliver) or None
     return load_preset(
         args.preset,
         detectors=detectors,
         tools=tools,
+        deliver=deliver,
         epsilon=args.epsilon,
         iterations=args.iterations,
         step=args.step,
@@ -154,6 +156,11 @@ def _verdict(output, report: dict) -> str:
     tools = _tool_verdict(summary.get("tools", []))
     if tools:
         verdict += f"; {tools}"
+    if "faces" in report:
+        delivered = ", ".join(report.get("delivery", []))
+        count = len(report["faces"])
+        faces = f"{count} face" + ("" if count == 1 else "s")
+        verdict = f"{faces} (judged on: {delivered}); {verdict}"
     seconds = summary["seconds"] if "seconds" in summary else report["timings_s"]["total"]
     line = f"{output}: {verdict}; PSNR {summary['psnr_db']} dB; {seconds:.1f} s"
     if report["kind"] == "video":
@@ -181,13 +188,26 @@ def _tool_verdict(rows: list[dict]) -> str:
     for row in rows:
         name = row["title"]
         if row["status"] == "not protected":
-            name += f" ({_faces(row['faces_before'])}→{_faces(row['faces_after'])})"
+            name += f" ({_failures(row)})"
         groups.setdefault(row["status"], []).append(name)
     return "; ".join(
         f"{_TOOL_GROUPS.get(status, status)}: {', '.join(names)}"
         for status, names in groups.items()
         if names
     )
+
+
+def _failures(row: dict) -> str:
+    """Where a tool still finds faces: ``sns 2→1, faces 3`` per delivery (a clip's rows have
+    no deliveries: ``2→1``)."""
+    parts = []
+    for chain, tally in row.get("deliveries", {}).items():
+        if not tally["faces_after"]:
+            continue
+        found = sorted({face for frame in tally["faces_found"] for face in frame})
+        which = f", face {', '.join(str(i + 1) for i in found)}" if found else ""
+        parts.append(f"{chain} {tally['faces_before']}→{tally['faces_after']}{which}")
+    return "; ".join(parts) or f"{_faces(row['faces_before'])}→{_faces(row['faces_after'])}"
 
 
 def _faces(count: int | None) -> str:
@@ -198,17 +218,18 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from deepguard.attack.config import load_preset
+    from deepguard.attack.delivery import parse_chains
     from deepguard.attack.profiles import enabled_profiles
     from deepguard.models.registry import detector_specs, load_detector
     from deepguard.models.store import WeightError
-    from deepguard.pipeline.evaluate import evaluate, format_table, pair_files, parse_recompress
+    from deepguard.pipeline.evaluate import evaluate, format_table, pair_files
     from deepguard.settings import get_settings
 
-    quality = parse_recompress(args.recompress)
     pairs = pair_files(Path(args.clean), Path(args.protected))
     preset = load_preset(args.preset)
+    chains = parse_chains(args.deliver or preset.deliver)
     ensemble = set(_split(args.ensemble) or preset.detectors)
-    profiles = enabled_profiles(preset.tools)
+    profiles = enabled_profiles(preset.tools, preset.extra_tools)
     names = _split(args.detectors) or [n for n, s in detector_specs().items() if s.shipped]
     device = get_settings().resolved_device()
     loaded = {}  # every detector once, for the detector table and the tools' looks
@@ -229,9 +250,7 @@ def _eval(args: argparse.Namespace) -> int:
             loaded[name] = load_detector(name, device, download=False)
         except DeepguardError as error:  # unknown here, or no weights: the tool table says so
             print(f"tools: leaving out {name}: {error}", file=sys.stderr)
-    evaluation = evaluate(pairs, detectors, quality, profiles, loaded)
-    if quality:
-        print(f"outputs re-compressed as JPEG quality {quality} before detection")
+    evaluation = evaluate(pairs, detectors, chains, profiles, loaded)
     print(format_table(evaluation, ensemble))
     return 0
 
@@ -372,6 +391,12 @@ def _add_attack_options(parser: argparse.ArgumentParser) -> None:
         help="comma-separated tool profiles to attack and judge under (configs/tools.yaml; "
         "default: every enabled one; 'none': the detectors at native size only)",
     )
+    advanced.add_argument(
+        "--deliver",
+        metavar="CHAINS",
+        help="delivery chains the result must hold on: saved, q75, sns (1080 px, JPEG q80), "
+        "sns2048 (default: the preset's, saved,sns)",
+    )
     advanced.add_argument("--epsilon", type=float, help="L∞ budget in pixel levels (8 = 8/255)")
     advanced.add_argument("--iterations", type=int, help="attack iterations before verification")
     advanced.add_argument("--step", type=float, help="step size in pixel levels")
@@ -421,17 +446,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser(
         "eval",
-        help="measure how many faces each detector still finds on protected images",
+        help="measure how many faces tools and detectors still find on protected images",
         description="Compare clean and protected images (two files, or two folders matched by "
-        "name): faces found on the clean input, faces still found on the output (IoU >= 0.5), "
-        "hide rate, PSNR and SSIM. Detectors outside the attack ensemble are listed as transfer. "
-        "A second table scores each face-swap tool profile through its own detectors, resize "
-        "and threshold; a tool whose detectors are not all in the ensemble is 'not covered'.",
+        "name), per face and per delivery chain: the faces found on the clean input, those "
+        "still found on the output (a detection overlapping the face, IoU >= 0.3), other "
+        "detections, hide rate, PSNR and SSIM. Detectors outside the attack ensemble are "
+        "listed as transfer. A second table scores each face-swap tool profile through its own "
+        "detectors, resize and threshold; a tool whose detectors are not all in the ensemble "
+        "is 'not covered'.",
     )
     evaluation.add_argument("clean", metavar="CLEAN", help="clean image or folder")
     evaluation.add_argument("protected", metavar="OUT", help="protected image or folder")
     evaluation.add_argument(
-        "--recompress", metavar="jpeg:Q", help="re-encode outputs first, e.g. jpeg:75"
+        "--deliver",
+        metavar="CHAINS",
+        help="delivery chains to judge on, e.g. saved,q75,sns,sns2048 (default: the preset's)",
     )
     evaluation.add_argument(
         "--detectors", help="comma-separated detectors to evaluate (default: all with weights)"

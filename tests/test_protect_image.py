@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from deepguard.attack.config import load_preset
-from deepguard.attack.core import FacePoison, jpeg_roundtrip_uint8
+from deepguard.attack.core import FacePoison
 from deepguard.attack.profiles import enabled_profiles
+from deepguard.attack.verification import Face, Verdict
 from deepguard.cli import _tool_verdict, main
 from deepguard.pipeline.protect import ProtectOptions, Protector
 
@@ -33,13 +34,16 @@ def portrait(media_dir: Path) -> Image.Image:
 
 @pytest.mark.parametrize("name", ["lp_s0.jpg", "lp_s42.jpg"])
 def test_hides_faces_from_the_ensemble(name: str, media_dir: Path, tmp_path: Path) -> None:
-    config = load_preset("balanced", detectors=["retinaface", "yunet"], iterations=10)
+    """RetinaFace judged as faceswap (640) and Wav2Lip (native) run it, YuNet natively (no
+    covered tool runs it), on the saved file and on a social network's copy."""
+    config = load_preset("balanced", detectors=["retinaface", "yunet"], tools=["faceswap",
+                         "wav2lip"], iterations=10)  # fmt: skip
     out = tmp_path / "out.png"
     report = Protector(config).protect(media_dir / name, out)
     for verdict in report["detectors"].values():
         assert verdict["faces_before"] >= 1
         assert verdict["faces_after"] == 0
-    assert report["hidden"] and report["psnr_db"] > 30
+    assert report["hidden"] and report["protected"] and report["psnr_db"] > 30
 
 
 def test_epsilon_is_never_exceeded_in_the_file(
@@ -194,9 +198,9 @@ def test_cli_folder_mode_writes_predictable_names_and_reports(
     assert report["weights"]["yunet_2026may.onnx"]
 
 
-def _tools_found(attack: FacePoison, versions: list[np.ndarray]) -> dict[str, list[int]]:
-    """Per tool, faces found by every look of the ensemble and of the detectors outside it."""
-    return attack.judge(versions).merge(attack.judge_uncovered(versions)).by_tool()
+def _judged(attack: FacePoison, frames: np.ndarray, faces: list) -> Verdict:
+    """Every look of the ensemble and of the detectors outside it, on every chain."""
+    return attack.judge(frames, faces).merge(attack.judge_uncovered(frames, faces))
 
 
 def test_report_says_which_tools_the_file_is_protected_against(
@@ -209,27 +213,32 @@ def test_report_says_which_tools_the_file_is_protected_against(
     report = Protector(config).protect(source, out)
     rows = {row["tool"]: row for row in report["tools"]}
     assert list(rows) == [profile.name for profile in enabled_profiles()]
+    assert report["delivery"] == ["saved", "sns"] and report["faces"]
 
-    # counted again here, on the clean picture and on the file read back from disk (and its
-    # re-compression, as a sharing site would make it)
+    # judged again here, on the clean picture and on the file read back from disk, through
+    # the same chains (the saved file, and a social network's copy of it)
     attack = FacePoison(config)
+    faces = [[Face(np.array(face["boxes"], np.float32)) for face in report["faces"]]]
     saved = np.asarray(Image.open(out).convert("RGB"))[None]
-    before = _tools_found(attack, [np.asarray(portrait)[None]])
-    after = _tools_found(attack, [saved, jpeg_roundtrip_uint8(saved, 75)])
+    before = _judged(attack, np.asarray(portrait)[None], faces)
+    after = _judged(attack, saved, faces)
     for name, row in rows.items():
         covered = set(row["detectors"]) <= {"retinaface", "yunet"}
         assert row["covered"] == covered, name
-        if name not in before:  # none of its detectors could be loaded (SCRFD, say)
+        if name not in before.tools():  # none of its detectors could be loaded (SCRFD, say)
             assert row["faces_before"] is row["faces_after"] is None and not covered
             continue
-        assert (row["faces_before"], row["faces_after"]) == (sum(before[name]), sum(after[name]))
+        for chain in ("saved", "sns"):
+            tally = row["deliveries"][chain]
+            expected = (sum(before.by_tool(chain)[name]), sum(after.by_tool(chain)[name]))
+            assert (tally["faces_before"], tally["faces_after"]) == expected, (name, chain)
         if not covered:
-            expected = "not covered"
+            expected_status = "not covered"
         elif row["faces_before"] == 0:
-            expected = "no faces found"
+            expected_status = "no faces found"
         else:
-            expected = "protected" if row["faces_after"] == 0 else "not protected"
-        assert row["status"] == expected, name
+            expected_status = "protected" if row["faces_after"] == 0 else "not protected"
+        assert row["status"] == expected_status, name
     # RetinaFace alone stands for these tools; YOLO5Face (DeepFaceLive) was not attacked
     assert {rows[n]["status"] for n in ("faceswap", "deepfacelab", "wav2lip")} <= {
         "protected", "not protected"}  # fmt: skip
@@ -246,7 +255,7 @@ def test_cli_summary_lists_the_tools(
     args = ["protect", str(source), "-o", str(tmp_path / "out.jpg"), "--detectors", "yunet"]
     assert main([*args, "--iterations", "2"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith(f"{tmp_path / 'out.jpg'}: yunet 1→")
+    assert line.startswith(f"{tmp_path / 'out.jpg'}: 1 face (judged on: saved, sns); yunet 1→")
     # YuNet alone is the whole of no tool's detectors: nothing is covered
     assert "; not covered: roop, Deep-Live-Cam, " in line and "faceswap (CPU)" in line
     assert "protected against" not in line and "; PSNR " in line
@@ -271,3 +280,13 @@ def test_tool_summary_names_counts_only_where_protection_failed() -> None:
         "not covered: faceswap (CPU), SimSwap; no faces found by: LatentSync"
     )
     assert _tool_verdict([]) == ""
+    per_delivery = {
+        "title": "LivePortrait", "status": "not protected", "faces_before": 2, "faces_after": 1,
+        "deliveries": {
+            "saved": {"faces_before": 2, "faces_after": 0, "faces_found": [[]],
+                      "other_detections": 4},
+            "sns": {"faces_before": 2, "faces_after": 1, "faces_found": [[1]],
+                    "other_detections": 9},
+        },
+    }  # fmt: skip
+    assert _tool_verdict([per_delivery]) == "not protected: LivePortrait (sns 2→1, face 2)"

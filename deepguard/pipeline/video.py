@@ -32,8 +32,7 @@ from deepguard.attack.config import AttackConfig
 from deepguard.attack.core import FacePoison
 from deepguard.attack.precision import resolve_precision
 from deepguard.attack.profiles import enabled_profiles
-from deepguard.attack.tool_counts import ToolCounts
-from deepguard.attack.verification import tool_summary
+from deepguard.attack.tool_report import ToolCounts, tallies_of_counts, tool_summary
 from deepguard.errors import DeepguardError
 from deepguard.faults import fault_point
 from deepguard.fileio import temporary_beside, write_atomically
@@ -364,6 +363,10 @@ class _Run:
         written_pts: list[int] = []
         for index, chunk in enumerate(source.chunks()):
             written_pts += chunk.pts.tolist()
+            # the faces the poison stage protected on these frames, for the per-face verdict
+            chunk.stats = [
+                {"faces": rows[i].get("faces", [])} for i in range(chunk.start, chunk.stop)
+            ]
             pending.append(pool[index % len(pool)].process.options(num_returns=2).remote(chunk))
             if len(pending) > 2 * len(pool):  # bounded, like the main loop
                 self._collect(pending.popleft(), rows)
@@ -505,8 +508,9 @@ class _Run:
         """Per tool profile, faces on the clean frames (counted by the poison stage) → on the
         frames decoded from the written file (by the verify stage), and the verdict."""
         before, after = _per_tool(rows, "tools_before"), _per_tool(rows, "tools_after")
-        profiles = enabled_profiles(self.config.tools)
-        return tool_summary(profiles, self.config.detectors, before, after)
+        profiles = enabled_profiles(self.config.tools, self.config.extra_tools)
+        tallies = tallies_of_counts(before, after, "saved")
+        return tool_summary(profiles, self.config.detectors, tallies)
 
 
 def _with_earlier_repairs(row: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:

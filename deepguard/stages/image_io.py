@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from deepguard.errors import InputError
 
@@ -43,6 +43,9 @@ class StillImage:
     format: str  # JPEG / PNG / WEBP
     exif: bytes | None
     icc_profile: bytes | None
+    #: the chroma subsampling a JPEG output is written with: the input's own when it is a
+    #: JPEG, else 4:2:0, what cameras and platforms write (and what the check then sees)
+    subsampling: str = "4:2:0"
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -94,6 +97,7 @@ def _read_image(path: Path, max_pixels: int) -> StillImage:
             )
         image.load()
         source_format = str(image.format)
+        subsampling = _subsampling(image)
         exif = image.info.get("exif")
         icc = image.info.get("icc_profile")
         image = ImageOps.exif_transpose(image)
@@ -115,7 +119,19 @@ def _read_image(path: Path, max_pixels: int) -> StillImage:
         format=source_format,
         exif=exif,
         icc_profile=icc,
+        subsampling=subsampling,
     )
+
+
+#: Pillow's code for a JPEG's chroma subsampling → its name
+_SAMPLINGS = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+
+
+def _subsampling(image: Image.Image) -> str:
+    """A JPEG input's chroma subsampling (4:2:0 for other formats or an unusual layout)."""
+    if image.format != "JPEG":
+        return "4:2:0"
+    return _SAMPLINGS.get(JpegImagePlugin.get_sampling(image), "4:2:0")
 
 
 def output_format(path: Path) -> str:
@@ -145,7 +161,7 @@ def encode_image(
         exif[0x0112] = 1  # orientation is already applied to the pixels
         options["exif"] = exif.tobytes()
     if fmt == "JPEG":
-        options.update(quality=jpeg_quality, subsampling=0 if jpeg_quality >= 90 else 2)
+        options.update(quality=jpeg_quality, subsampling=still.subsampling)
     elif fmt == "WEBP":
         options.update(lossless=True, quality=100)
     elif fmt == "PNG":

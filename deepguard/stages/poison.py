@@ -13,6 +13,7 @@ memory and falls back on out-of-memory errors (:mod:`deepguard.attack.memory`).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -21,9 +22,10 @@ import torch
 
 from deepguard.attack.config import AttackConfig
 from deepguard.attack.core import AttackResult, FacePoison, Progress, Roundtrip
+from deepguard.attack.delivery import OutputCodec
 from deepguard.attack.memory import MemoryGuard
 from deepguard.attack.regions import Window
-from deepguard.attack.tool_counts import ToolCounts, with_uncovered
+from deepguard.attack.tool_report import ToolCounts, most_per_tool
 from deepguard.stages.carry import carry_delta, track_windows
 from deepguard.stages.chunk import Chunk, FrameTracks
 
@@ -65,11 +67,12 @@ class PoisonStage:
         progress: Progress | None = None,
         init_delta: torch.Tensor | None = None,
         windows: list[Window] | None = None,
+        codec: OutputCodec | None = None,
     ) -> AttackResult:
         """Protect N×H×W×3 uint8 RGB frames; see :meth:`FacePoison.protect`."""
         return self._attack(
             self.attack, frames, init_delta=init_delta, windows=windows, roundtrip=roundtrip,
-            progress=progress,
+            progress=progress, codec=codec,
         )  # fmt: skip
 
     def repair_frame(
@@ -99,6 +102,7 @@ class PoisonStage:
         targets: list[str] | None = None,
         start_failed: bool = False,
         shared: bool = False,
+        codec: OutputCodec | None = None,
     ) -> AttackResult:
         """``attack.protect`` on ``frames`` in batches that fit in memory, with fewer frames
         per batch and then fewer iterations after an out-of-memory error: the one place the
@@ -116,6 +120,7 @@ class PoisonStage:
                 targets=targets,
                 start_failed=start_failed,
                 shared=shared,
+                codec=codec,
             )
 
         results, fallbacks = self.memory.run(len(frames), frames.shape[1:3], budget, attempt)
@@ -150,7 +155,8 @@ class PoisonStage:
             # they are in memory; cheap next to the attack (720p on 2 CPU cores, RetinaFace
             # and YuNet attacked: 0.9 s for MTCNN's and YOLO5Face's looks, 84 s for a warm
             # frame's attack, 187 s for a key frame's)
-            tools_before = with_uncovered(self.attack, result.tools_before, [frames])
+            uncovered = self.attack.judge_uncovered(frames, result.faces).by_tool()
+            tools_before = most_per_tool(result.tools_before, uncovered)
             chunk.stats += _rows(result, tools_before, tracks, key, given_up)
             for offset in range(start, stop):
                 chunk.stats[offset]["scene_start"] = offset in chunk.scene_starts
@@ -291,11 +297,13 @@ def _merge(results: list[AttackResult], fallbacks: list[dict]) -> AttackResult:
         frames=np.concatenate([r.frames for r in results]),
         delta=torch.cat([r.delta for r in results]),
         faces_before={name: [n for r in results for n in r.faces_before[name]] for name in names},
+        faces=[faces for r in results for faces in r.faces],
         faces_after={name: [n for r in results for n in r.faces_after[name]] for name in names},
         tools_before=_concatenated([r.tools_before for r in results]),
         tools_after=_concatenated([r.tools_after for r in results]),
         iterations=max(r.iterations for r in results),
         passes=sum(r.passes for r in results),
+        passes_by_kind=dict(sum((Counter(r.passes_by_kind) for r in results), Counter())),
         repair_rounds=max(r.repair_rounds for r in results),
         timings={k: sum(r.timings.get(k, 0.0) for r in results) for k in phases},
         precision=results[0].precision,
@@ -344,6 +352,8 @@ def _rows(
         {
             "key_frame": key,
             "faces_tracked": len(frame_tracks),
+            # the faces protected on this frame (boxes), which the check of the file judges
+            "faces": [face.to_json() for face in (result.faces[i] if result.faces else None) or []],
             "faces_before": {name: found[i] for name, found in result.faces_before.items()},
             # None: a frame that kept its carried perturbation without its own check
             "faces_after_roundtrip": None if None in after[i].values() else after[i],

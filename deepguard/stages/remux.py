@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from deepguard.attack.delivery import OutputCodec
 from deepguard.errors import InputError
 from deepguard.faults import fault_point
 from deepguard.fileio import write_atomically
@@ -57,6 +58,13 @@ class ImageSink:
                 f"{path.name}: {self.format} holds at most {MAX_SIDE[self.format]:,} pixels a "
                 f"side, and the image is {width}×{height}; use .png"
             )
+
+    @property
+    def codec(self) -> OutputCodec:
+        """How the file is saved, as the attack models it (lossless unless JPEG)."""
+        if self.format != "JPEG":
+            return OutputCodec(None)
+        return OutputCodec(self.jpeg_quality, self.still.subsampling)
 
     def _encode(self, rgb: np.ndarray) -> bytes:
         return encode_image(self.still, rgb, self.format, self.jpeg_quality, self.keep_metadata)

@@ -13,6 +13,7 @@ import torch
 
 from deepguard.attack.core import FacePoison, Roundtrip
 from deepguard.attack.metrics import report_psnr
+from deepguard.attack.verification import Face
 from deepguard.stages.carry import carry_delta
 from deepguard.stages.chunk import Chunk, FrameTracks
 
@@ -74,10 +75,17 @@ class SmoothStage:
                 return unsmoothed, 0.0
             blended = delta + weight * defined * (carried - delta)
             candidate = _apply(clean, blended, config.max_epsilon)
-            found = self.attack.verify(candidate[None], self.roundtrip)
-            if allowed is None or all(found[name][0] <= allowed[name] for name in found):
+            found = self.attack.verify(candidate[None], self.roundtrip, [_faces(stats)])
+            if allowed is None or all(found[name][0] <= allowed.get(name, 0) for name in found):
                 return candidate, weight
         return unsmoothed, 0.0
+
+
+def _faces(stats: dict) -> list[Face] | None:
+    """The frame's protected faces from its row (None: not known, every detection counts)."""
+    if "faces" not in stats:
+        return None
+    return [Face(np.asarray([box], np.float32)) for box in stats["faces"]]
 
 
 def _delta(protected: np.ndarray, clean: np.ndarray) -> torch.Tensor:

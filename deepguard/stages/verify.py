@@ -9,8 +9,11 @@ reports only), so the report can say which tools the clip is protected against.
 
 from __future__ import annotations
 
+import numpy as np
+
 from deepguard.attack.core import FacePoison
-from deepguard.attack.tool_counts import with_uncovered
+from deepguard.attack.tool_report import most_per_tool
+from deepguard.attack.verification import Face, Faces
 from deepguard.stages.chunk import Chunk
 
 
@@ -19,9 +22,19 @@ class VerifyStage:
         self.attack = attack
 
     def process(self, chunk: Chunk) -> Chunk:
-        verdict = self.attack.judge([chunk.frames])
+        """Count, per frame, the protected faces each detector and tool still finds on the
+        decoded file. The faces come in ``chunk.stats`` (each frame's ``faces`` boxes, from
+        the poison stage's rows); without them every detection counts."""
+        faces = [row["faces"] for row in chunk.stats] if len(chunk.stats) == len(chunk) else None
+        known: Faces = (
+            [[Face(np.asarray([box], np.float32)) for box in boxes] for boxes in faces]
+            if faces is not None
+            else [None] * len(chunk)
+        )
+        verdict = self.attack.judge(chunk.frames, known)
         counts = verdict.by_detector()
-        tools = with_uncovered(self.attack, verdict.by_tool(), [chunk.frames])
+        uncovered = self.attack.judge_uncovered(chunk.frames, known)
+        tools = most_per_tool(verdict.by_tool(), uncovered.by_tool())
         chunk.stats = [
             {
                 "faces_after": {name: found[index] for name, found in counts.items()},

@@ -75,6 +75,11 @@ class JobRequest(BaseModel):
         description="tool profiles to attack and judge under; default: every enabled one; "
         "[]: native sizes only",
     )
+    deliver: list[Literal["saved", "q75", "sns", "sns2048"]] | None = Field(
+        None,
+        min_length=1,
+        description="delivery chains the result must hold on; default: the preset's (saved, sns)",
+    )
     epsilon: float | None = Field(None, gt=0, le=32, description="L∞ budget, pixel levels")
     iterations: int | None = Field(None, ge=1, le=200)
     region_mode: bool | None = Field(None, description="true: around faces; false: whole frame")
@@ -283,11 +288,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             request.preset,
             detectors=request.detectors,
             tools=request.tools,
+            deliver=request.deliver,
             epsilon=request.epsilon,
             iterations=request.iterations,
             region_mode=request.region_mode,
         )
-        enabled_profiles(config.tools)  # an unknown tool is refused with the known ones
+        enabled_profiles(config.tools, config.extra_tools)  # an unknown tool is refused
         for name in config.detectors:
             get_spec(name)  # an unknown name is refused with the list of known ones
             if name not in available:

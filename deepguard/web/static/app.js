@@ -399,15 +399,34 @@ function renderTools(tools) {
     const row = document.createElement("tr");
     row.dataset.tool = tool.tool;
     row.dataset.status = tool.status;
-    row.innerHTML = "<td></td><td></td><td></td>";
+    row.innerHTML = "<td></td><td></td><td></td><td></td>";
     row.cells[0].textContent = tool.title;
     if (tool.stand_in) row.cells[0].title = t("stand_in", { note: tool.stand_in });
     row.cells[1].textContent = `${count(tool.faces_before)} → ${count(tool.faces_after)}`;
+    renderDeliveries(row.cells[2], tool.deliveries || {});
     const status = `tool_${tool.status.replaceAll(" ", "_")}`;
-    row.cells[2].textContent = t(status);
-    row.cells[2].className = TOOL_STATUS_CLASS[tool.status] || "muted";
-    if (tool.status === "not covered") row.cells[2].title = t("tool_not_covered_help");
+    row.cells[3].textContent = t(status);
+    row.cells[3].className = TOOL_STATUS_CLASS[tool.status] || "muted";
+    if (tool.status === "not covered") row.cells[3].title = t("tool_not_covered_help");
     body.append(row);
+  }
+}
+
+// Per delivery (the saved file, a social network's copy...): faces before → after; the faces
+// still found and the other detections (a poster, a shirt: not faces) in the tooltip.
+function renderDeliveries(cell, deliveries) {
+  for (const [chain, tally] of Object.entries(deliveries)) {
+    const item = document.createElement("span");
+    item.className = "delivery";
+    item.dataset.chain = chain;
+    item.textContent = `${t(`delivery_${chain}`)} ${tally.faces_before} → ${tally.faces_after}`;
+    const notes = [];
+    const found = [...new Set(tally.faces_found.flat())].map((index) => index + 1);
+    if (found.length) notes.push(t("faces_found", { faces: found.join(", ") }));
+    if (tally.other_detections) notes.push(t("other_detections", { count: tally.other_detections }));
+    item.title = notes.join("; ");
+    if (tally.faces_after) item.classList.add("bad");
+    cell.append(item);
   }
 }
 
