@@ -107,6 +107,7 @@ def _protect(args: argparse.Namespace) -> int:
     config = _attack_config(args)
     for name in config.detectors:
         get_spec(name)
+    _check_ray_address()
     targets = plan_targets(
         Path(args.input),
         Path(args.output) if args.output else None,
@@ -265,6 +266,7 @@ def _watch(args: argparse.Namespace) -> int:
     from deepguard.settings import get_settings
 
     settings = get_settings()
+    _check_ray_address()
     store = JobStore(settings.job_db_path)
     metrics = Metrics(store)
     if args.metrics_port:
@@ -338,6 +340,15 @@ def _jobs(args: argparse.Namespace) -> int:
         stopped = client.stop_job(args.id)
         print(f"{args.id}: {'stopping' if stopped else 'already finished'}")
     return 0
+
+
+def _check_ray_address() -> None:
+    """A ``RAY_ADDRESS`` that is not a Ray cluster fails the command at once (photos too: the
+    operator meant the work to go there), in seconds, with what answered there."""
+    from deepguard.pipeline.cluster import check_address
+    from deepguard.settings import get_settings
+
+    check_address(get_settings())
 
 
 def _split(value: str | None) -> list[str]:
@@ -577,6 +588,7 @@ def _serve(args: argparse.Namespace) -> int:
             f"binding {settings.host} opens the dashboard to the network: set "
             "DEEPGUARD_API_TOKEN, or pass --no-token if a proxy in front authenticates"
         )
+    _check_ray_address()
     logging.getLogger("deepguard").setLevel(logging.INFO)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 proxy_headers=True, log_level="info")  # fmt: skip

@@ -84,6 +84,18 @@ def connect(settings: Settings) -> None:
     log.info("ray resources: %s", ray.cluster_resources())
 
 
+def check_address(settings: Settings) -> None:
+    """When ``RAY_ADDRESS`` names a cluster, make sure it is one, before any work starts: a
+    command that would hand work to it fails in seconds with what answered there."""
+    address = settings.ray_address
+    if not address:
+        return
+    try:
+        _check_reachable(address)
+    except ConnectionError as error:
+        raise DeepguardError(f"RAY_ADDRESS={address}: {error}") from None
+
+
 def shutdown(grace_s: float = 5.0) -> None:
     """Leave Ray; a local cluster this process started stops, all of it.
 
@@ -202,16 +214,46 @@ def settle(refs: Sequence[ray.ObjectRef], timeout_s: float | None = 30.0) -> Non
         ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s, fetch_local=False)
 
 
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail in seconds, not after Ray's minute of retries, when nothing listens there."""
+def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, not after Ray's minute of retries (or never), when what listens at
+    ``address`` is not Ray: nothing at all, or a server that does not speak gRPC (a web
+    server, say; a Ray head's GCS and its client server both speak gRPC over HTTP/2)."""
     if address == "auto":
         return
     host, _, port = address.split("://")[-1].rpartition(":")
+    host = host or "127.0.0.1"
     try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
             pass
     except (OSError, ValueError) as error:
         raise ConnectionError(f"nothing answers there ({error})") from None
+    import grpc  # Ray's own dependency
+
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+    except grpc.FutureTimeoutError:
+        raise ConnectionError(
+            f"that is not a Ray cluster: {what_answers(host, int(port))} (a Ray head takes "
+            "clients on its GCS port, 6379 by default, or ray://HOST:10001)"
+        ) from None
+    finally:
+        channel.close()
+
+
+def what_answers(host: str, port: int, timeout_s: float = 2.0) -> str:
+    """What a server at ``host:port`` says to a plain HTTP request: its first line, for an
+    error message."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as connection:
+            connection.sendall(b"GET / HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
+            first = connection.recv(200).split(b"\r\n", 1)[0]
+    except OSError:
+        first = b""
+    line = first.decode("latin-1").strip()
+    if line:
+        return f"it answered {line!r} and no gRPC"
+    return "it accepted the connection and answered no gRPC"
 
 
 def present_token_if_available() -> None:

@@ -31,15 +31,36 @@ class Submission:
     report: Path
 
 
-def job_client(address: str):
-    """A JobSubmissionClient for ``address`` (the dashboard, e.g. http://head:8265)."""
+def job_client(address: str, timeout_s: float = 10.0):
+    """A JobSubmissionClient for ``address`` (the dashboard, e.g. http://head:8265), once
+    something there has answered HTTP within ``timeout_s`` (the client itself waits forever
+    on a server that accepts the connection and says nothing)."""
     from ray.job_submission import JobSubmissionClient
 
+    _check_answers(address, timeout_s)
     present_token_if_available()
     try:
         return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise DeepguardError(f"cannot reach the Ray Jobs API at {address}: {error}") from None
+
+
+def _check_answers(address: str, timeout_s: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    url = address if "://" in address else f"http://{address}"
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/api/version", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return  # it speaks HTTP: the client's own version check says what it is
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise DeepguardError(
+            f"cannot reach the Ray Jobs API at {address}: no HTTP answer within "
+            f"{timeout_s:.0f} s ({reason})"
+        ) from None
 
 
 def submit(
