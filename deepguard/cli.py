@@ -321,15 +321,43 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
+    """Jobs in the job store (every CLI, watch and dashboard job of this machine's store) and
+    on the Ray cluster (submitted ones). Opening the store marks the jobs of processes that
+    died as failed, and ``list`` says which."""
     import json
 
-    from deepguard.pipeline.submit import job_client, job_rows
+    from deepguard.pipeline.jobs import JobStore
+    from deepguard.settings import get_settings
 
-    client = job_client(args.address)
+    store = JobStore(get_settings().job_db_path)
     if args.jobs_command == "list":
-        for row in job_rows(client):
+        _list_stored_jobs(store)
+        try:
+            client = _ray_job_client(args.address)
+        except DeepguardError as error:
+            print(f"Ray jobs: not listed ({error})", file=sys.stderr)
+            return 0
+        from deepguard.pipeline.submit import job_rows
+
+        rows = job_rows(client)
+        print(f"Ray jobs at {args.address}: {len(rows)}")
+        for row in rows:
             print(f"{row['id']}\t{row['status']}\t{row['input']} → {row['output']}")
-    elif args.jobs_command == "status":
+        return 0
+    if args.jobs_command == "status":
+        try:
+            job = store.get(args.id)
+        except KeyError:
+            job = None
+        if job is not None:
+            status = job.summary()
+            owner = store.owners().get(job.id)
+            if owner is not None:
+                status["owner"] = {"host": owner.host, "pid": owner.pid}
+            print(json.dumps(status, indent=2))
+            return 0
+    client = _ray_job_client(args.address)
+    if args.jobs_command == "status":
         info = client.get_job_info(args.id)
         status = {"id": args.id, "status": str(info.status.value), "message": info.message,
                   "metadata": info.metadata}  # fmt: skip
@@ -340,6 +368,33 @@ def _jobs(args: argparse.Namespace) -> int:
         stopped = client.stop_job(args.id)
         print(f"{args.id}: {'stopping' if stopped else 'already finished'}")
     return 0
+
+
+def _ray_job_client(address: str):
+    from deepguard.pipeline.submit import job_client
+
+    return job_client(address)
+
+
+def _list_stored_jobs(store) -> None:
+    """The store's jobs, newest first: those this opening marked failed first, and a job
+    another host runs said to be its (this machine cannot tell whether it still runs)."""
+    import socket
+
+    for job in store.recovered:
+        print(f"marked failed: {job.id} ({job.input}): {job.error}")
+    here = socket.gethostname()
+    owners = store.owners()
+    jobs = store.list(limit=1000)
+    print(f"jobs in {store.path}: {len(jobs)}")
+    for job in jobs:
+        line = f"{job.id}\t{job.state.value}\t{job.origin}\t{job.input} → {job.output or '-'}"
+        owner = owners.get(job.id)
+        if owner is not None and owner.host != here:
+            line += f"\t(run by {owner.host}, pid {owner.pid}: not judged here)"
+        elif job.error:
+            line += f"\t{job.error}"
+        print(line)
 
 
 def _check_ray_address() -> None:
@@ -519,10 +574,16 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
     submit.set_defaults(handler=_submit)
 
-    jobs = commands.add_parser("jobs", help="list, inspect, read logs of or cancel Ray jobs")
+    jobs = commands.add_parser(
+        "jobs",
+        help="list and inspect jobs (the job store's and Ray's); read logs of or cancel Ray jobs",
+        description="list: the job store's jobs (jobs of processes that died are marked failed, "
+        "and listed as marked), then deepguard's jobs on the Ray cluster when its Jobs API "
+        "answers. status: a job of either. logs, cancel: Ray jobs.",
+    )
     jobs.add_argument("--address", **address)
     job_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
-    job_commands.add_parser("list", help="deepguard jobs on the cluster, newest first")
+    job_commands.add_parser("list", help="the job store's jobs, then the cluster's, newest first")
     for action in ("status", "logs", "cancel"):
         job_commands.add_parser(action, help=f"{action} of one job").add_argument("id")
     jobs.set_defaults(handler=_jobs)

@@ -287,3 +287,74 @@ def test_protect_removes_what_a_killed_attempt_at_its_output_left(tmp_path, prot
     stale.write_bytes(b"half of an earlier attempt")
     protector.protect(face_jpeg, output)
     assert [p.name for p in output.parent.iterdir()] == ["portrait.jpg"]
+
+
+def test_jobs_lists_the_store_and_marks_the_jobs_of_dead_processes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``deepguard jobs list`` opens the store: a job whose CLI was killed is marked failed
+    and named as marked; a job another host runs is shown as that host's, not judged."""
+    import sqlite3
+
+    from deepguard.cli import main
+    from deepguard.settings import get_settings
+
+    database = tmp_path / "jobs.sqlite3"
+    killed = killed_job(database, "cli", Path("c.jpg"), Path("d.jpg"), "")
+    store = JobStore(database)
+    elsewhere = store.create("watch", "image", Path("e.jpg"), Path("f.jpg"))
+    store.start(elsewhere.id)
+    with sqlite3.connect(database) as db:  # as if another host's watch folder ran it
+        db.execute("UPDATE jobs SET owner_host = 'render-7', owner_pid = 1 WHERE id = ?",
+                   (elsewhere.id,))  # fmt: skip
+    with sqlite3.connect(database) as db:  # the killed job, still "running" in the file
+        db.execute("UPDATE jobs SET state = 'running', error = NULL WHERE id = ?", (killed,))
+    monkeypatch.setenv("DEEPGUARD_JOB_DB", str(database))
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:9")  # no Ray here
+    get_settings.cache_clear()
+    try:
+        assert main(["jobs", "list"]) == 0
+    finally:
+        get_settings.cache_clear()
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert lines[0].startswith(f"marked failed: {killed} (c.jpg): interrupted")
+    row = next(line for line in lines if line.startswith(killed))
+    assert "\tfailed\tcli\t" in row
+    foreign = next(line for line in lines if line.startswith(elsewhere.id))
+    assert "\trunning\t" in foreign and "run by render-7, pid 1: not judged here" in foreign
+    assert JobStore(database).get(elsewhere.id).state is JobState.RUNNING
+    assert "Ray jobs: not listed" in out.err
+
+
+def test_a_store_of_a_newer_schema_is_refused_and_an_older_one_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    from deepguard.errors import DeepguardError
+    from deepguard.pipeline.jobs import SCHEMA_VERSION
+
+    database = tmp_path / "jobs.sqlite3"
+    store = JobStore(database)
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(DeepguardError) as refused:
+        JobStore(database)
+    assert str(refused.value).startswith(
+        f"job store schema {SCHEMA_VERSION + 1} is newer than this deepguard supports"
+    )
+    assert "\n" not in str(refused.value)
+    del store
+    older = tmp_path / "old.sqlite3"
+    with sqlite3.connect(older) as db:  # version 1: no owner columns, no version recorded
+        db.execute(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, origin TEXT NOT NULL, kind TEXT NOT NULL,"
+            " state TEXT NOT NULL, input TEXT NOT NULL, output TEXT, content_hash TEXT,"
+            " parameters TEXT NOT NULL DEFAULT '{}', progress REAL NOT NULL DEFAULT 0,"
+            " error TEXT, report TEXT, created REAL NOT NULL, started REAL, finished REAL)"
+        )
+    JobStore(older)
+    with sqlite3.connect(older) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+        assert {"owner_host", "owner_pid", "owner_started"} <= columns
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

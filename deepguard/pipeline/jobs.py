@@ -69,6 +69,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_hash ON jobs (content_hash, state);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created);
 """
+#: the store's schema version (SQLite's ``user_version``): 1 had no owner columns, 2 adds
+#: them. A store of a newer version is refused; an older one is migrated when opened.
+SCHEMA_VERSION = 2
 #: columns added since the first schema, for stores created before them
 _ADDED_COLUMNS = {"owner_host": "TEXT", "owner_pid": "INTEGER", "owner_started": "REAL"}
 #: how a job whose process died is marked (state failed)
@@ -137,23 +140,42 @@ class Job:
 class JobStore:
     """A small repository over the ``jobs`` table.
 
-    Opening it settles the jobs of processes that died (see :meth:`recover_interrupted`)."""
+    Opening it settles the jobs of processes that died (see :meth:`recover_interrupted`);
+    ``recovered`` holds the jobs this opening marked."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+            self._migrate(db)
+        self.recovered = self.recover_interrupted()
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring the store to :data:`SCHEMA_VERSION` in one transaction (an older store's
+        missing columns added, its version raised), or refuse a newer store in one line."""
+        db.execute("BEGIN IMMEDIATE")  # one opener at a time migrates
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise DeepguardError(
+                    f"job store schema {version} is newer than this deepguard supports "
+                    f"({SCHEMA_VERSION}): {self.path} was written by a newer deepguard; "
+                    "upgrade, or set DEEPGUARD_JOB_DB to another file"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
             present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
             for column, kind in _ADDED_COLUMNS.items():
                 if column not in present:
-                    try:
-                        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
-                    except sqlite3.OperationalError as error:  # another opener added it
-                        if "duplicate column" not in str(error):
-                            raise
-        self.recover_interrupted()
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+            if version != SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -207,6 +229,19 @@ class JobStore:
         with self._connect() as db:
             rows = db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return {state.value: 0 for state in JobState} | {row[0]: row[1] for row in rows}
+
+    def owners(self) -> dict[str, Owner]:
+        """The process that runs each unfinished job that names one, by job id."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id, owner_host, owner_pid, owner_started FROM jobs"
+                " WHERE state IN (?, ?) AND owner_pid IS NOT NULL",
+                (JobState.QUEUED.value, JobState.RUNNING.value),
+            ).fetchall()
+        return {
+            row["id"]: Owner(row["owner_host"], row["owner_pid"], row["owner_started"])
+            for row in rows
+        }
 
     def find_done(self, content_hash: str) -> Job | None:
         """A finished job for the same content: the watch folder never does work twice."""

@@ -8,6 +8,7 @@ the paths are made absolute here, and the job writes its output atomically there
 from __future__ import annotations
 
 import shlex
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,10 +58,11 @@ def _check_answers(address: str, timeout_s: float) -> None:
         return  # it speaks HTTP: the client's own version check says what it is
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        raise DeepguardError(
-            f"cannot reach the Ray Jobs API at {address}: no HTTP answer within "
-            f"{timeout_s:.0f} s ({reason})"
-        ) from None
+        if isinstance(reason, TimeoutError | socket.timeout):
+            answer = f"no HTTP answer within {timeout_s:.0f} s"
+        else:
+            answer = f"nothing answers there ({reason})"
+        raise DeepguardError(f"cannot reach the Ray Jobs API at {address}: {answer}") from None
 
 
 def submit(
