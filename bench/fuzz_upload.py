@@ -24,7 +24,6 @@ import functools
 import io
 import logging
 import shutil
-import struct
 import sys
 import tempfile
 import threading
@@ -44,6 +43,10 @@ from PIL import Image
 from deepguard.settings import Settings
 from deepguard.web.app import create_app
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests/fuzzing.py: the mutations both fuzz targets share
+from tests.fuzzing import MAGICS, mutated  # noqa: E402
+
 with warnings.catch_warnings():  # Starlette asks for httpx2; the client works as before
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
@@ -51,25 +54,6 @@ with warnings.catch_warnings():  # Starlette asks for httpx2; the client works a
 #: the upload limit while fuzzing: small, so oversized bodies are cheap to make
 MAX_UPLOAD_MB = 1
 OCTETS = {"content-type": "application/octet-stream"}
-#: the first bytes of formats we take and of some we do not
-MAGICS = (
-    b"\xff\xd8\xff",
-    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
-    b"\x89PNG\r\n\x1a\n",
-    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
-    b"\x00\x00\x00\x18ftypisom",
-    b"\x00\x00\x00\x14ftypqt  ",
-    b"\x00\x00\x00\x08moov",
-    b"\x00\x00\x00\x08mdat",
-    b"\x00\x00\x00\x08wide",
-    b"GIF89a",
-    b"BM",
-    b"%PDF-1.7",
-    b"\x7fELF",
-    b"PK\x03\x04",
-)
-#: sizes a header may claim: nothing, one, 16-bit and 32-bit extremes
-HUGE = (0, 1, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF)
 ODD_NAMES = (
     "photo.jpg",
     "clip.mp4",
@@ -239,91 +223,20 @@ def clips(draw: st.DrawFn) -> bytes:
     )
 
 
-def _noise(draw: st.DrawFn, size: int) -> bytes:
-    return np.random.default_rng(draw(st.integers(0, 2**32 - 1))).bytes(size)
-
-
-def _truncate(draw: st.DrawFn, data: bytearray) -> bytearray:
-    return data[: draw(st.integers(0, len(data)))]
-
-
-def _flip_bits(draw: st.DrawFn, data: bytearray) -> bytearray:
-    for _ in range(draw(st.integers(1, 16)) if data else 0):
-        position = draw(st.integers(0, len(data) - 1))
-        data[position] ^= 1 << draw(st.integers(0, 7))
-    return data
-
-
-def _overwrite(draw: st.DrawFn, data: bytearray) -> bytearray:
-    start = draw(st.integers(0, len(data)))
-    length = draw(st.sampled_from([1, 4, 64, 2000]))
-    data[start : start + length] = _noise(draw, length)
-    return data
-
-
-def _wrong_magic(draw: st.DrawFn, data: bytearray) -> bytearray:
-    magic = draw(st.sampled_from(MAGICS))
-    return bytearray(magic) + data[len(magic) :]
-
-
-def _insert(draw: st.DrawFn, data: bytearray) -> bytearray:
-    position = draw(st.integers(0, len(data)))
-    return data[:position] + _noise(draw, draw(st.integers(1, 512))) + data[position:]
-
-
-def _append(draw: st.DrawFn, data: bytearray) -> bytearray:
-    return data + _noise(draw, draw(st.integers(1, 4096)))
-
-
-def _huge_header(draw: st.DrawFn, data: bytearray) -> bytearray:
-    """A header field that claims a huge (or zero) size: picture size, box or chunk length."""
-    value = draw(st.sampled_from(HUGE))
-    places = []
-    if data[12:16] == b"IHDR":  # PNG width, height
-        places += [(16, ">I"), (20, ">I")]
-    for marker in (b"\xff\xc0", b"\xff\xc2"):  # JPEG start of frame: height, width
-        at = data.find(marker)
-        if at >= 0:
-            places += [(at + 5, ">H"), (at + 7, ">H")]
-    if data[:4] == b"RIFF":  # WebP: the RIFF and first chunk lengths
-        places += [(4, "<I"), (16, "<I")]
-    for box in (b"moov", b"mdat", b"trak", b"stsz", b"stco", b"avc1", b"tkhd", b"ftyp"):
-        at = data.find(box)
-        if at >= 4:  # the box's length is the 4 bytes before its type
-            places.append((at - 4, ">I"))
-        if box == b"avc1" and at >= 0:  # the sample entry's width and height
-            places += [(at + 28, ">H"), (at + 30, ">H")]
-        if box == b"stsz" and at >= 0:  # the number of samples
-            places.append((at + 12, ">I"))
-    places = [(at, fmt) for at, fmt in places if at + struct.calcsize(fmt) <= len(data)]
-    if not places:
-        return data
-    at, fmt = draw(st.sampled_from(places))
-    limit = 2 ** (8 * struct.calcsize(fmt)) - 1
-    struct.pack_into(fmt, data, at, min(value, limit))
-    return data
-
-
 def _oversize(draw: st.DrawFn, data: bytearray) -> bytearray:
     """Past the upload limit: the stream must be cut off and nothing kept."""
     limit = MAX_UPLOAD_MB * 2**20
     return data + bytearray(limit + draw(st.integers(1, 4096)) - len(data))
 
 
-MUTATIONS = (_truncate, _flip_bits, _overwrite, _wrong_magic, _insert, _append, _huge_header)
-
-
 @st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    """A valid image or clip with zero to three mutations (truncation the likeliest)."""
-    data = bytearray(draw(st.one_of(images(), clips())))
-    count = draw(st.integers(0, 3))
-    for _ in range(count):
-        mutation = draw(st.sampled_from(MUTATIONS + (_truncate,) * 3))
-        data = mutation(draw, data)
+def mutated_media(draw: st.DrawFn) -> bytes:
+    """A valid image or clip with up to three edits (``tests/fuzzing.py``'s, which the
+    protect fuzz uses too); one in a hundred is made too large to upload."""
+    data, _ = draw(mutated(draw(st.one_of(images(), clips())), most=3))
     if draw(st.integers(0, 99)) == 0:
-        data = _oversize(draw, data)
-    return bytes(data)
+        data = bytes(_oversize(draw, bytearray(data)))
+    return data
 
 
 def raw_bytes() -> st.SearchStrategy[bytes]:
@@ -342,7 +255,7 @@ def names() -> st.SearchStrategy[str]:
 
 def upload_cases() -> st.SearchStrategy[tuple[bytes, str]]:
     """(bytes, file name): mostly mutated media, some raw bytes."""
-    data = st.one_of(mutated(), mutated(), mutated(), raw_bytes())
+    data = st.one_of(mutated_media(), mutated_media(), mutated_media(), raw_bytes())
     return st.tuples(data, names())
 
 

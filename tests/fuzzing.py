@@ -199,13 +199,20 @@ def clip_seeds(videos_dir: Path, work: Path) -> dict[str, bytes]:
 
 # -- mutations -----------------------------------------------------------------------------
 
-MAGICS = [b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"GIF89a",
-          b"BM", b"II*\x00", b"%PDF-1.7", b"PK\x03\x04", b"\x00\x00\x00\x20ftypisom",
-          b"\x00\x00\x00\x14ftypqt  ", b"\x1a\x45\xdf\xa3", b"\x00" * 16, b""]  # fmt: skip
+#: the first bytes of formats we take and of some we do not
+MAGICS = [b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", b"\x89PNG\r\n\x1a\n",
+          b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"GIF89a", b"BM", b"II*\x00", b"%PDF-1.7",
+          b"PK\x03\x04", b"\x7fELF", b"\x00\x00\x00\x20ftypisom", b"\x00\x00\x00\x14ftypqt  ",
+          b"\x00\x00\x00\x08moov", b"\x00\x00\x00\x08mdat", b"\x1a\x45\xdf\xa3",
+          b"\x00" * 16, b""]  # fmt: skip
+#: sizes a header may claim: nothing, one, 8-, 16- and 32-bit extremes, JPEG's limit
 EXTREMES = [0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 30000, 65500, 0x7FFFFFFF, 0xFFFFFFFF]
 #: ISO-BMFF boxes whose size fields a clip's reader trusts
 BOXES = [b"ftyp", b"moov", b"mvhd", b"trak", b"tkhd", b"mdia", b"mdhd", b"stbl", b"stsd",
          b"avc1", b"avcC", b"stts", b"stsz", b"stco", b"stss", b"mdat", b"mp4a"]  # fmt: skip
+#: the edits :func:`mutated` draws from
+EDITS = ["truncate", "flip", "set", "overwrite", "insert", "delete", "append", "magic", "field",
+         "header", "repeat", "box"]  # fmt: skip
 
 
 def _position(draw, data: bytearray) -> int:
@@ -214,31 +221,75 @@ def _position(draw, data: bytearray) -> int:
     return draw(st.one_of(st.integers(0, min(size - 1, 96)), st.integers(0, size - 1)))
 
 
+def _noise(draw, size: int) -> bytes:
+    return np.random.default_rng(draw(st.integers(0, 2**32 - 1))).bytes(size)
+
+
+def header_fields(data: bytes | bytearray) -> list[tuple[int, str]]:
+    """Where a picture's or clip's header states a size: (offset, struct format) of PNG's
+    width and height, JPEG's frame size, WebP's RIFF and chunk lengths, and an MP4's box
+    lengths, sample entry size and sample count."""
+    places = []
+    if data[12:16] == b"IHDR":
+        places += [(16, ">I"), (20, ">I")]
+    for marker in (b"\xff\xc0", b"\xff\xc2"):  # JPEG start of frame: height, width
+        at = data.find(marker)
+        if at >= 0:
+            places += [(at + 5, ">H"), (at + 7, ">H")]
+    if data[:4] == b"RIFF":
+        places += [(4, "<I"), (16, "<I")]
+    for box in BOXES:
+        at = data.find(box)
+        if at >= 4:  # the box's length is the 4 bytes before its type
+            places.append((at - 4, ">I"))
+        if box == b"avc1" and at >= 0:
+            places += [(at + 28, ">H"), (at + 30, ">H")]
+        if box == b"stsz" and at >= 0:
+            places.append((at + 12, ">I"))
+    return [(at, fmt) for at, fmt in places if at + struct.calcsize(fmt) <= len(data)]
+
+
 @st.composite
-def mutated(draw, data: bytes) -> tuple[bytes, str]:
-    """``data`` changed by a few random edits; returns the bytes and what was done."""
+def mutated(draw, data: bytes, most: int = 4) -> tuple[bytes, str]:
+    """``data`` changed by up to ``most`` random edits (:data:`EDITS`: cut, bit flips, noise
+    over or into it, another format's magic, a huge or zero size in a header field, ...);
+    returns the bytes and what was done. Both fuzz targets (protect and the upload API)
+    mutate their inputs with it."""
     data, done = bytearray(data), []
-    for _ in range(draw(st.integers(0, 4))):
-        op = draw(st.sampled_from(["truncate", "flip", "set", "insert", "delete", "magic",
-                                   "field", "repeat", "box"]))  # fmt: skip
+    for _ in range(draw(st.integers(0, most))):
+        op = draw(st.sampled_from(EDITS))
         pos = _position(draw, data)
         if op == "truncate":
             del data[draw(st.integers(0, len(data))) :]
         elif op == "flip" and data:
-            data[pos] ^= 1 << draw(st.integers(0, 7))
+            for _ in range(draw(st.integers(1, 16))):
+                data[_position(draw, data)] ^= 1 << draw(st.integers(0, 7))
         elif op == "set" and data:
             data[pos] = draw(st.integers(0, 255))
+        elif op == "overwrite":
+            length = draw(st.sampled_from([1, 4, 64, 2000]))
+            data[pos : pos + length] = _noise(draw, length)
         elif op == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=32))
         elif op == "delete":
             del data[pos : pos + draw(st.integers(1, 64))]
+        elif op == "append":
+            data += _noise(draw, draw(st.integers(1, 4096)))
         elif op == "magic":
             data[: draw(st.integers(0, 16))] = draw(st.sampled_from(MAGICS))
-        elif op == "field":  # a length or a dimension, big- or little-endian
+        elif op == "field":  # a length or a dimension anywhere, big- or little-endian
             value = draw(st.sampled_from(EXTREMES))
             fmt = draw(st.sampled_from([">H", "<H", ">I", "<I"]))
             packed = struct.pack(fmt, value & (0xFFFF if "H" in fmt else 0xFFFFFFFF))
             data[pos : pos + len(packed)] = packed
+        elif op == "header":  # a size the header states, where it states it
+            places = header_fields(data)
+            if not places:
+                continue
+            at, fmt = draw(st.sampled_from(places))
+            limit = 2 ** (8 * struct.calcsize(fmt)) - 1
+            struct.pack_into(fmt, data, at, min(draw(st.sampled_from(EXTREMES)), limit))
+            pos = at
         elif op == "repeat" and data:
             data[pos:pos] = data[pos : pos + draw(st.integers(1, 256))] * draw(st.integers(1, 8))
         elif op == "box":
