@@ -221,6 +221,14 @@ class AttackConfig(BaseModel):
         description="one pass per detector and iteration, on one of its looks drawn in turn "
         "(those that still see a face more often); off: every look every iteration",
     )
+    skip_below: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="a look whose faces scored below this fraction of its threshold in its "
+        "last pass rests until a check sees it find a face again (0: every look works every "
+        "iteration)",
+    )
     face_loss: bool = Field(
         True,
         description="push down only the detector entries on the protected faces (off: every "

@@ -412,6 +412,7 @@ class FacePoison:
             at the bare threshold breaks under the next resize or codec."""
             state.verdict = self.check(run)
             state.at = run.iterations
+            run.failing = _failing_looks(state.verdict, config.verify_margin)
             return self.clear(state.verdict, names, config.verify_margin)
 
         tick = time.perf_counter()
@@ -619,6 +620,16 @@ def _through(roundtrip: Roundtrip) -> Callable[[Tensor], Tensor]:
         return frames_to_tensor(roundtrip(tensor_to_frames(adversarial)), adversarial.device)
 
     return coded
+
+
+def _failing_looks(verdict: Verdict, margin: float) -> set[tuple[str, Look]]:
+    """(chain, look) of every look that finds a protected face by ``margin``."""
+    return {
+        (chain, look)
+        for chain, looks in verdict.found.items()
+        for look in looks
+        if any(finding.faces for finding in verdict.look(look, chain, margin))
+    }
 
 
 def _scale_map(weights: Tensor, keys: list[tuple[int, int]], scales: dict) -> Tensor:

@@ -77,6 +77,8 @@ class Run:
     losses: dict[str, list[float]] = field(default_factory=dict)
     # (chain, look) → the highest face score its last pass saw: the cheap check
     peaks: dict[tuple[str, Look], float] = field(default_factory=dict)
+    # (chain, look) that the last real check saw find a protected face (by the margin)
+    failing: set[tuple[str, Look]] = field(default_factory=set)
 
     def face_boxes(self, frame: int) -> np.ndarray:
         """K×4: every clean box of every protected face of ``frame``."""
@@ -192,15 +194,26 @@ class Optimiser:
         return adversarial + (coded - adversarial).detach()
 
     def _draw_looks(self, run: Run, plan: Plan) -> list[Look]:
-        """One look per attacked detector for this iteration: with ``looks_per_detector``
-        set to 1 (the default), a detector's looks at its tools' sizes take turns, the ones
-        that still see a face most often (drawn in proportion to their last peak score over
-        their threshold). Each pass then serves every tool that runs the detector, and the
-        random resize around each tool's size covers the sizes in between."""
+        """One look per attacked detector for this iteration (``sample_looks``): a
+        detector's looks at its tools' sizes take turns, the ones that still see a face most
+        often (drawn in proportion to their last peak score over their threshold). Each pass
+        then serves every tool that runs the detector, and the random resize around each
+        tool's size covers the sizes in between.
+
+        A look whose last pass scored the faces below ``skip_below`` of its threshold, and
+        that the last check did not see find a face, rests until a check sees it find one
+        (a detector all of whose looks rest makes no pass)."""
         attacked = {d.name for d in run.detectors}
+        skip = self.config.skip_below
         by_detector: dict[str, list[Look]] = {}
         for look in plan.looks:
-            if look.detector in attacked:
+            key = (plan.chain.name, look)
+            resting = (
+                skip > 0
+                and key not in run.failing
+                and run.peaks.get(key, 1.0) < skip * look.threshold
+            )
+            if look.detector in attacked and not resting:
                 by_detector.setdefault(look.detector, []).append(look)
         if not self.config.sample_looks:
             return [look for looks in by_detector.values() for look in looks]
