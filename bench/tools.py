@@ -3,7 +3,7 @@
 Run: DEEPGUARD_WEIGHTS_DIR=../shared/weights .venv/bin/python bench/tools.py
          [--presets balanced,strong] [--epsilons 4,6,8,12,16] [--only images|press|clips]
          [--exclude-crowd] [--clip-frames N] [--pictures a.jpg,b.jpg] [--set FIELD=VALUE]
-         [--out DIR] [--judge-only] [--json FILE]
+         [--out DIR] [--judge-only] [--json FILE] [--leave-one-out]
 
 Protects the shared photos (``media/images``, the ~250-face crowd included unless
 ``--exclude-crowd``), the high-resolution ``media/press`` photos and, with ``--clip-frames``,
@@ -17,7 +17,8 @@ on the copies a tool gets:
   as roop and LivePortrait call it, OpenCV's YuNet);
 - per detector at native size (the ensemble, and the others as transfer).
 Prints hide rates, mean PSNR and SSIM (and per photo), seconds and detector passes per photo.
-With ``--epsilons`` each preset runs once per ε (the ε table).
+With ``--epsilons`` each preset runs once per ε (the ε table). With ``--leave-one-out`` the
+ensemble runs once without each of its detectors, judged on the one left out (transfer).
 
 Targets (issue "Protection that survives sharing"): ``balanced`` ≥ 95 % hidden from every
 balanced tool profile on ``saved``, ≥ 90 % on ``sns``, mean PSNR ≥ 36 dB, SSIM ≥ 0.95;
@@ -100,6 +101,7 @@ def protect_all(config: AttackConfig, paths: list[Path], out: Path) -> list[dict
         start = time.perf_counter()
         report = protector.protect(path, out / path.name)
         report["seconds"] = time.perf_counter() - start
+        (out / f"{path.name}.report.json").write_text(json.dumps(report))  # for --judge-only
         reports.append(report)
         failing = [r["tool"] for r in report["tools"] if r["status"] == "not protected"]
         print(
@@ -212,6 +214,101 @@ def figures_of(evaluation: Evaluation, mine: dict, reports: list[dict], ensemble
     }
 
 
+def judge(
+    title: str,
+    config: AttackConfig,
+    pairs: list[tuple[Path, Path]],
+    reports: list[dict],
+    judges: dict,
+) -> dict:
+    """Judge the written files of ``pairs`` on every chain; print the tables; the figures."""
+    profiles = enabled_profiles(config.tools, config.extra_tools)
+    names = list(dict.fromkeys([*config.detectors, *TRANSFER]))
+    wanted = {n for p in profiles for n in p.detectors} | set(names)
+    table = {name: load_detector(name) for name in sorted(wanted)}
+    chains = list(CHAIN_ORDER)
+    evaluation = evaluate(pairs, [table[n] for n in names], chains, profiles, table)
+    mine = own_code(judges, pairs, [CHAINS["saved"], CHAINS["sns"]])
+    ensemble = set(config.detectors)
+    print_tables(title, ensemble, evaluation, mine, [c.name for c in chains])
+    entry = figures_of(evaluation, mine, reports, ensemble)
+    psnr, ssim = entry["psnr_db"], entry["ssim"]
+    print(f"\n{title}: {evaluation.faces} faces on {len(pairs)} pictures; worst covered tool "
+          f"hidden: {entry['worst_covered_tool_hidden_percent']}; mean PSNR "
+          f"{statistics.mean(psnr):.2f} dB (lowest {min(psnr):.2f}); mean SSIM "
+          f"{statistics.mean(ssim):.4f} (lowest {min(ssim):.4f})")  # fmt: skip
+    if reports:
+        seconds = [r["seconds"] for r in reports]
+        passes = [r["detector_passes"] for r in reports]
+        print(f"seconds per picture: median {statistics.median(seconds):.1f}, max "
+              f"{max(seconds):.1f}, total {sum(seconds):.0f}; detector passes: median "
+              f"{statistics.median(passes):.0f}, max {max(passes)}", flush=True)  # fmt: skip
+    return entry
+
+
+def leave_one_out(
+    preset: str,
+    config: AttackConfig,
+    paths: list[Path],
+    work: Path,
+    judges: dict,
+    judge_only: bool,
+) -> dict:
+    """Transfer measured where it can be: the ensemble without each of its detectors in
+    turn, judged on the one left out, through every tool look that runs it (and natively),
+    per face, on ``saved`` and ``sns``."""
+    from deepguard.attack.config import parse_config
+    from deepguard.attack.profiles import ToolProfile
+
+    figures = {}
+    chains = [CHAINS["saved"], CHAINS["sns"]]
+    for left in config.detectors:
+        data = config.model_dump()
+        data["detectors"] = [d for d in config.detectors if d != left]
+        data["region_epsilon"] = {k: v for k, v in config.region_epsilon.items() if k != left}
+        reduced = parse_config(data)
+        title = f"{preset} without {left}"
+        out = work / f"loo_{preset}_{left}"
+        out.mkdir(exist_ok=True)
+        if judge_only:
+            chosen = [p for p in paths if (out / p.name).exists()]
+        else:
+            print(f"\n# {title}: protecting {len(paths)} pictures", flush=True)
+            protect_all(reduced, paths, out)
+            chosen = paths
+        pairs = [(path, out / path.name) for path in chosen]
+        looks = [
+            ToolProfile.model_validate({**profile.model_dump(), "detectors": (left,)})
+            for profile in enabled_profiles(config.tools, config.extra_tools)
+            if left in profile.detectors
+        ]
+        detector = load_detector(left)
+        evaluation = evaluate(pairs, [detector], chains, looks, {left: detector})
+        print(f"\n## {title}: {left} (not attacked), per face")
+        rows = {}
+        for chain in ("saved", "sns"):
+            total = [0, 0]
+            for name, tool in evaluation.tools[chain].items():
+                faces = tool.faces
+                total[0] += faces.clean_faces
+                total[1] += faces.still_found
+                rows.setdefault(name, {})[chain] = [faces.clean_faces, faces.still_found]
+            rows.setdefault("all its tool looks", {})[chain] = total
+            native = evaluation.scores[chain][left]
+            rows.setdefault("native", {})[chain] = [native.clean_faces, native.still_found]
+        for name, per_chain in rows.items():
+            cells = " ".join(f"{rate(*per_chain[c]):>9} ({per_chain[c][0]})" for c in per_chain)
+            print(f"  {name:<22} {cells}")
+        if left == "scrfd_500m" and judges:
+            mine = own_code(judges, pairs, chains)
+            for name, per_chain in mine.items():
+                cells = " ".join(f"{rate(*per_chain[c]):>9} ({per_chain[c][0]})" for c in per_chain)
+                print(f"  {name:<22} {cells}")
+            rows["own code"] = mine
+        figures[title] = rows
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--presets", default="balanced")
@@ -223,6 +320,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="keep clip frames and outputs here")
     parser.add_argument("--judge-only", action="store_true", help="judge what --out holds")
     parser.add_argument("--pictures", help="comma-separated file names: only these")
+    parser.add_argument(
+        "--leave-one-out",
+        action="store_true",
+        help="instead: the ensemble without each detector in turn, judged on the one left out",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -241,6 +343,13 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         paths = inputs(args, work)
         epsilons = [None] if not args.epsilons else args.epsilons.split(",")
+        if args.leave_one_out:
+            for preset in args.presets.split(","):
+                config = with_assignments(load_preset(preset), args.set)
+                figures.update(leave_one_out(preset, config, paths, work, judges, args.judge_only))
+                if args.json:
+                    args.json.write_text(json.dumps(figures, indent=2))
+            return
         for preset in args.presets.split(","):
             for epsilon in epsilons:
                 changes = list(args.set) + ([f"epsilon={epsilon}"] if epsilon else [])
@@ -249,34 +358,22 @@ def main() -> None:
                 out = work / title.replace(" ", "_").replace("ε=", "eps")
                 out.mkdir(exist_ok=True)
                 if args.judge_only:
-                    reports, chosen = [], [p for p in paths if (out / p.name).exists()]
+                    chosen = [p for p in paths if (out / p.name).exists()]
+                    reports = [
+                        json.loads((out / f"{p.name}.report.json").read_text())
+                        for p in chosen
+                        if (out / f"{p.name}.report.json").exists()
+                    ]
                 else:
                     print(f"\n# {title}: protecting {len(paths)} pictures", flush=True)
                     reports, chosen = protect_all(config, paths, out), paths
-                profiles = enabled_profiles(config.tools, config.extra_tools)
-                names = list(dict.fromkeys([*config.detectors, *TRANSFER]))
-                wanted = {n for p in profiles for n in p.detectors} | set(names)
-                table = {name: load_detector(name) for name in sorted(wanted)}
                 pairs = [(path, out / path.name) for path in chosen]
-                chains = list(CHAIN_ORDER)
-                evaluation = evaluate(pairs, [table[n] for n in names], chains, profiles, table)
-                mine = own_code(judges, pairs, [CHAINS["saved"], CHAINS["sns"]])
-                ensemble = set(config.detectors)
-                print_tables(title, ensemble, evaluation, mine, [c.name for c in chains])
-                entry = figures_of(evaluation, mine, reports, ensemble)
-                psnr, ssim = entry["psnr_db"], entry["ssim"]
-                print(f"\n{title}: {evaluation.faces} faces on {len(pairs)} pictures; worst "
-                      f"covered tool hidden: {entry['worst_covered_tool_hidden_percent']}; mean "
-                      f"PSNR {statistics.mean(psnr):.2f} dB (lowest {min(psnr):.2f}); mean SSIM "
-                      f"{statistics.mean(ssim):.4f} (lowest {min(ssim):.4f})")  # fmt: skip
-                if reports:
-                    seconds = [r["seconds"] for r in reports]
-                    passes = [r["detector_passes"] for r in reports]
-                    print(f"seconds per picture: median {statistics.median(seconds):.1f}, "
-                          f"max {max(seconds):.1f}, total {sum(seconds):.0f}; detector passes: "
-                          f"median {statistics.median(passes):.0f}, max {max(passes)}",
-                          flush=True)  # fmt: skip
-                figures[title] = entry
+                figures[title] = judge(title, config, pairs, reports, judges)
+                without = [pair for pair in pairs if pair[0].name != CROWD]
+                if len(without) < len(pairs):  # the crowd's hundreds of faces dominate
+                    crowdless = f"{title} without the crowd"
+                    crowd_reports = [r for r in reports if Path(r["input"]).name != CROWD]
+                    figures[crowdless] = judge(crowdless, config, without, crowd_reports, judges)
                 if args.json:  # after every run: a long sweep cut short keeps what it has
                     args.json.write_text(json.dumps(figures, indent=2))
 

@@ -11,7 +11,9 @@ In one process it runs, on the same clip (its first --frames frames, audio inclu
 It prints speed as a multiple of real time and of the plain re-encode, the hide rate per
 ensemble detector on frames decoded from each output file, the flicker of each (the mean
 absolute frame-to-frame change of output minus input, on decoded frames), and checks that
-audio packets, frame count, frame rate, size and duration are unchanged.
+audio packets, frame count, frame rate, size and duration are unchanged. Per tool profile it
+also judges each protected face (the report's per-frame faces) on the frames decoded from the
+written file and from its H.264 CRF 23 re-encode, as a sharing site would make it.
 """
 
 from __future__ import annotations
@@ -112,6 +114,30 @@ def plain_reencode(clip: Path, target: Path, settings: EncoderSettings) -> float
     return time.perf_counter() - started
 
 
+def per_face_tools(
+    config: AttackConfig, clean: np.ndarray, copies: dict[str, np.ndarray], rows: list[dict]
+) -> dict[str, dict[str, str]]:
+    """Per covered tool and copy: the share of the faces it finds on the clean frames that
+    it no longer finds on the copy (the faces: each frame's protected boxes)."""
+    from deepguard.attack.core import FacePoison
+    from deepguard.attack.verification import Face
+
+    attack = FacePoison(config.for_video())
+    faces = [[Face(np.asarray([box], np.float32)) for box in row.get("faces", [])] for row in rows]
+    before = attack.judge(clean, faces)
+    figures: dict[str, dict[str, str]] = {}
+    for name, frames in copies.items():
+        after = attack.judge(frames, faces)
+        for tool in attack.covered_tools():
+            found = [f.faces for f in before.tool(tool)]
+            still = [f.faces for f in after.tool(tool)]
+            total = sum(len(b) for b in found)
+            kept = sum(len(b & a) for b, a in zip(found, still, strict=True))
+            rate = "n/a" if not total else f"{100 * (1 - kept / total):.1f} % of {total}"
+            figures.setdefault(tool, {})[name] = rate
+    return figures
+
+
 def per_frame_baseline(config: AttackConfig) -> AttackConfig:
     video = config.video.model_copy(update={"warm_start": False, "smoothing": 0.0})
     return config.model_copy(update={"video": video})
@@ -178,6 +204,12 @@ def main() -> None:
             "same_frames_fps_size_duration": facts(out) == facts(clip)
             and len(decoded(out)) == len(clean),
         }
+        shared = work / f"{name}.crf23.mp4"
+        plain_reencode(out, shared, EncoderSettings(23, "medium"))
+        figures[name]["tools_per_face"] = per_face_tools(
+            run_config, clean, {"written": decoded(out), "crf23": decoded(shared)},
+            report["frames"],
+        )  # fmt: skip
     print(
         f"clip: {args.clip}, first {len(clean)} frames, {clean.shape[2]}×{clean.shape[1]}, "
         f"{duration:.2f} s; preset {args.preset}, ensemble {', '.join(config.detectors)}"

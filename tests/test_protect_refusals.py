@@ -132,7 +132,7 @@ def test_a_failure_after_the_attack_leaves_no_output(
     def broken(*_args) -> float:
         raise RuntimeError("a bug in a metric")
 
-    monkeypatch.setattr("deepguard.pipeline.protect.ssim", broken)
+    monkeypatch.setattr("deepguard.pipeline.photo.ssim", broken)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="a bug in a metric"):
         main(["protect", str(photo), "-o", str(out / "photo.png"), *CHEAP_ATTACK])

@@ -145,6 +145,9 @@ class FacePoison:
         self.autocast = Autocast(config.precision, self.device)
         self.optimiser = Optimiser(config, self.table, self.autocast)
         self._looks: dict[tuple[int, int], list[Look]] = {}
+        #: detector passes spent by :meth:`hold` since the caller last took them
+        #: (:meth:`take_hold_passes`): a held frame has no attack result to carry them
+        self._hold_passes: Counter = Counter()
         #: detectors that only tool reports use (a profile's detector outside the ensemble)
         self._others: dict[str, FaceDetector] | None = None
 
@@ -280,6 +283,7 @@ class FacePoison:
         not known here (``None``); the check of the written file counts them."""
         x = frames_to_tensor(frames, self.device)
         faces, found = self.faces_of(frames)
+        self._hold_passes["faces"] += len(self.looks(*frames.shape[1:3])) * len(frames)
         windows = self._windows(x, faces) if windows is None else windows
         bound = self._bound(x, frames, windows, found)
         delta = _clamped(carried.to(x.device), bound)
@@ -287,9 +291,10 @@ class FacePoison:
         active = [d.name for d in self.detectors if targets is None or d.name in targets]
         picked = list(sample)
         after = self.judge(out[picked], [faces[i] for i in picked], roundtrip)
+        self._hold_passes["check"] += self._check_passes(out[picked], self.chains)
         if not self.clear(after, active):
             return None
-        before = self.judge(frames, faces)
+        before = self._before(frames, faces, found, self._hold_passes)
         tools_before = before.by_tool()
         return AttackResult(
             frames=out,
@@ -348,11 +353,7 @@ class FacePoison:
         height, width = frames.shape[1:3]
         faces, found = self.faces_of(frames, extra_faces)
         passes["faces"] += len(self.looks(height, width)) * len(frames)
-        before = Verdict(faces, {"saved": found})
-        others = [c for c in self.chains if c.name != "saved"]
-        if others:
-            before = before.merge(self.judge(frames, faces, chains=others))
-            passes["faces"] += self._check_passes(frames, others)
+        before = self._before(frames, faces, found, passes)
         timings["detect"] = time.perf_counter() - tick
         if not any(faces):  # no face to protect
             return AttackResult(frames.copy(), torch.zeros_like(x), before.by_detector(),
@@ -369,7 +370,7 @@ class FacePoison:
         )
         timings["importance"] = time.perf_counter() - tick
         budget = iterations or config.iterations
-        bound = self._bound(x, frames, windows, found)
+        bound = self._bound(x, frames, windows, found, shared)
         start = init_delta
         if start is None and config.random_start:
             noise = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device)
@@ -464,6 +465,23 @@ class FacePoison:
             before=before,
             after=after,
         )
+
+    def take_hold_passes(self) -> Counter:
+        """The detector passes :meth:`hold` spent since the last call, by kind."""
+        spent, self._hold_passes = self._hold_passes, Counter()
+        return spent
+
+    def _before(
+        self, frames: np.ndarray, faces: Faces, found: dict[Look, list[Detections]],
+        passes: Counter,
+    ) -> Verdict:  # fmt: skip
+        """The clean frames' verdict on every chain (the saved one is ``found`` already)."""
+        before = Verdict(faces, {"saved": found})
+        others = [c for c in self.chains if c.name != "saved"]
+        if others:
+            before = before.merge(self.judge(frames, faces, chains=others))
+            passes["faces"] += self._check_passes(frames, others)
+        return before
 
     def check(self, run: Run, scale: float | Tensor = 1.0, kind: str = "check") -> Verdict:
         """The real check: ``scale`` (a number, or one per pixel) × the perturbation rounded,
@@ -584,10 +602,11 @@ class FacePoison:
         frames: np.ndarray,
         windows: list[Window],
         found: dict[Look, list[Detections]],
+        shared: bool = False,
     ) -> Tensor:
         """Each pixel's bound (0 where the perturbation may not go): the budget
-        (``epsilon``, ``region_epsilon`` around the faces those detectors find, shaped by
-        texture) faded out around ``windows`` (see :func:`soft_mask`)."""
+        (``epsilon``, ``region_epsilon`` around the faces those detectors find, lowered on
+        flat skin and sky) faded out around ``windows`` (see :func:`soft_mask`)."""
         config = self.config
         soft = soft_mask(x, windows, config.edge_fade)
         levels = torch.full_like(soft, config.epsilon)
@@ -601,7 +620,7 @@ class FacePoison:
                     for w in face_windows(detections.boxes, index, height, width, margin, least):
                         region = levels[w.frame, :, w.y1 : w.y2, w.x1 : w.x2]
                         region.clamp_(min=epsilon)
-        levels = levels * texture_weights(frames, soft, config.texture_budget)
+        levels = levels * texture_weights(frames, soft, config.texture_budget, shared)
         return levels * soft
 
 

@@ -156,11 +156,13 @@ def _ramp(start: int, stop: int, inner_start: int, inner_stop: int, band: int, d
     return (1 - outside / (band + 1)).clamp(min=0)
 
 
-def texture_weights(frames: np.ndarray, mask: Tensor, strength: float) -> Tensor:
-    """N×1×H×W budget weights: above 1 on textured pixels (hair, fabric, foliage), below 1 on
-    flat skin and sky, at the same mean squared budget inside ``mask`` (so about the same
-    PSNR). ``strength`` 0 gives 1 everywhere; 1 follows the local contrast fully, clipped to
-    [0.4, 1.6]."""
+def texture_weights(
+    frames: np.ndarray, mask: Tensor, strength: float, shared: bool = False
+) -> Tensor:
+    """N×1×H×W budget weights in [0.4, 1]: 1 on textured pixels (hair, fabric, foliage), less
+    on flat skin and sky, where a perturbation shows first. Never above 1, so ε stays the
+    L∞ bound. ``strength`` 0 gives 1 everywhere; 1 follows the local contrast fully.
+    ``shared``: one map for all frames (their mean), for a perturbation the frames share."""
     weights = torch.ones_like(mask)
     if strength <= 0:
         return weights
@@ -173,8 +175,10 @@ def texture_weights(frames: np.ndarray, mask: Tensor, strength: float) -> Tensor
             continue
         reference = float(np.median(contrast[inside])) + 1.0
         shaped = np.clip((contrast + 1.0) / reference, 0.4, 1.6) ** strength
-        shaped /= np.sqrt(np.mean(shaped[inside] ** 2))  # the same mean squared budget
-        weights[index, 0] = torch.from_numpy(np.clip(shaped, 0.4, 1.6)).to(mask.device)
+        shaped /= np.sqrt(np.mean(shaped[inside] ** 2))  # the median texture near full ε
+        weights[index, 0] = torch.from_numpy(np.clip(shaped, 0.4, 1.0)).to(mask.device)
+    if shared:
+        weights = weights.mean(0, keepdim=True).expand_as(weights)
     return weights
 
 

@@ -197,7 +197,7 @@ class PoisonStage:
         last = [len(frames) - 1]
         held = self.attack.hold(frames, carried, windows, self.roundtrip, last, targets)
         if held is not None:
-            return held
+            return _with_passes(held, self.attack.take_hold_passes())
         stride = self.config.video.sample_every
         picks = sorted({*range(0, len(frames), stride), len(frames) - 1})
         joint = self._attack(
@@ -231,6 +231,9 @@ class PoisonStage:
         ]
         segment = _merge(results, fallbacks)
         segment.passes += joint.passes
+        segment.passes_by_kind = dict(
+            Counter(segment.passes_by_kind) + Counter(joint.passes_by_kind)
+        )
         segment.iterations = max(segment.iterations, joint.iterations)
         return segment
 
@@ -263,6 +266,14 @@ class PoisonStage:
                         keep_background=not config.region_mode)[0]
             for target in tracks
         ])  # fmt: skip
+
+
+def _with_passes(result: AttackResult, spent: Counter) -> AttackResult:
+    """``result`` with ``spent`` passes (checks of held frames, a segment's shared attack)
+    added to its counts."""
+    result.passes += sum(spent.values())
+    result.passes_by_kind = dict(Counter(result.passes_by_kind) + spent)
+    return result
 
 
 def _capped(attack: FacePoison, cap: int) -> FacePoison:

@@ -151,7 +151,7 @@ def test_region_epsilon_raises_the_budget_only_around_that_detectors_faces(
     clean = read_rgb(media_dir / "lp_s12.jpg")
     config = load_preset(
         "balanced", detectors=["retinaface"], epsilon=6, region_epsilon={"retinaface": 12},
-        tools=[],
+        tools=[], texture_budget=0,
     )  # fmt: skip
     attack = FacePoison(config)
     x = frames_to_tensor(clean[None], "cpu")
@@ -232,3 +232,21 @@ def test_roop_looks_once_at_640_and_insightface_defaults_twice() -> None:
     strong = load_preset("strong")
     assert "insightface-defaults" not in balanced
     assert "insightface-defaults" in {p.name for p in enabled_profiles(None, strong.extra_tools)}
+
+
+def test_the_texture_budget_lowers_epsilon_on_flat_pixels_and_never_raises_it(
+    weights_dir: Path, media_dir: Path
+) -> None:
+    from deepguard.attack.core import FacePoison, frames_to_tensor
+    from deepguard.attack.regions import Window
+
+    clean = read_rgb(media_dir / "lp_s12.jpg")
+    config = load_preset("balanced", detectors=["retinaface"], epsilon=8, tools=[])
+    assert config.texture_budget > 0
+    attack = FacePoison(config)
+    x = frames_to_tensor(clean[None], "cpu")
+    _, found = attack.faces_of(clean[None])
+    whole = [Window(0, 0, 0, clean.shape[1], clean.shape[0])]
+    bound = attack._bound(x, clean[None], whole, found)
+    assert float(bound.max()) <= 8 and float(bound.min()) >= 0.4 * 8 - 1e-4  # ε is the L∞ bound
+    assert float((bound < 8).float().mean()) > 0.1  # flat pixels get less

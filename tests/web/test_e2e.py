@@ -234,10 +234,11 @@ def test_photo_end_to_end(browser, server: str, photo: Path, shots: Path, tmp_pa
     job_id = _protect(page, photo, shots, "photo", iterations=6)
     assert page.text_content("#job-state") == "Done"
     assert "retinaface" in page.text_content("#verdict-table")
-    (title, note), _, (status, _) = _tool_cells(page, "faceswap")
+    (title, note), _, (deliveries, _), (status, _) = _tool_cells(page, "faceswap")
     assert title == "faceswap (GPU)" and note.startswith("Stand-in: RetinaFace")  # a tooltip
     assert status in {"Protected", "Not protected"}
-    assert _tool_cells(page, "deepfacelive")[2][0] == "Not covered"
+    assert "as saved" in deliveries, deliveries
+    assert _tool_cells(page, "deepfacelive")[3][0] == "Not covered"
     _open_views(page, shots, "photo")
     assert _qr_url(page, shots, "photo") == f"{server}/jobs/{job_id}" == page.url
 
@@ -254,7 +255,7 @@ def test_photo_end_to_end(browser, server: str, photo: Path, shots: Path, tmp_pa
     page.select_option("#lang", "ko")
     assert page.text_content("#job-state") == "완료"
     assert page.text_content("#tools-table caption") == "얼굴 합성 도구"
-    assert _tool_cells(page, "deepfacelive")[2][0] == "보호 범위 밖"
+    assert _tool_cells(page, "deepfacelive")[3][0] == "보호 범위 밖"
     page.screenshot(path=shots / "photo-6-korean.png", full_page=True)
     page.click("#history-toggle")
     page.wait_for_selector(f"#history li[data-id='{job_id}']")
