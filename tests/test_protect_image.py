@@ -293,6 +293,13 @@ def test_tool_summary_names_counts_only_where_protection_failed() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="not met yet (issue 23, point 3): on this 600 px group photo the saved file hides "
+    "76-78 % of face-tool pairs, a 0.9x copy 57-64 % and a 1080 px one 67-71 % (2026-12-05, "
+    "four seeds and jitter settings); on a 600 px picture both delta sizes are native, and an "
+    "area downscale averages that grid away",
+)
 @pytest.mark.parametrize("preset", ["balanced"])
 def test_protection_survives_the_resizes_a_platform_or_viewer_makes(
     preset: str, media_dir: Path, tmp_path: Path
