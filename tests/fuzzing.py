@@ -420,6 +420,10 @@ def time_limit(seconds: float) -> Iterator[None]:
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
+    except BaseException as error:  # Ray's C code turns the alarm into a SystemError
+        if fired and not isinstance(error, CaseTimeout):
+            raise CaseTimeout(f"still running after {seconds:g} s") from error
+        raise
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

@@ -41,7 +41,10 @@ def test_a_segment_whose_last_frame_stays_hidden_is_kept_without_a_pass(
     key = stage.protect_frames(frames[:1], windows=stage._windows(tracks[:1], frames.shape[1:3]))
     assert key.faces_after["yunet"] == [0]
     run = stage._warm(frames, tracks, (key.delta[0], tracks[0]), given_up=set())
-    assert len(run.frames) == 4 and run.passes == 0
+    assert len(run.frames) == 4 and run.iterations == 0
+    # no attack pass: only finding the faces and checking the sampled frame are counted
+    assert "attack" not in run.passes_by_kind and run.passes == sum(run.passes_by_kind.values())
+    assert 0 < run.passes_by_kind["check"] <= 2
 
 
 def test_a_segment_that_fails_learns_one_perturbation_and_every_frame_is_hidden(
