@@ -76,9 +76,10 @@ def result_card(report: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _tool_line(row: dict[str, Any]) -> dict[str, Any]:
-    """One tool on the card: faces before → after and the verdict; ``stand_in`` says which of
-    our detectors stands for the tool's own where its weights cannot be had."""
-    keys = ("tool", "title", "faces_before", "faces_after", "status", "stand_in")
+    """One tool on the card: faces before → after, per delivery (the saved file, a shared
+    copy...) and the verdict; ``stand_in`` says which of our detectors stands for the tool's
+    own where its weights cannot be had."""
+    keys = ("tool", "title", "faces_before", "faces_after", "deliveries", "status", "stand_in")
     return {key: row.get(key) for key in keys}
 
 

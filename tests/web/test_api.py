@@ -215,8 +215,9 @@ def test_result_card_lists_the_tools(
     report = client.get(job["links"]["report"]).json()
     assert [row["tool"] for row in report["tools"]] == list(tools)
     for row in report["tools"]:
-        for key in ("title", "faces_before", "faces_after", "status", "stand_in"):
+        for key in ("title", "faces_before", "faces_after", "deliveries", "status", "stand_in"):
             assert tools[row["tool"]][key] == row[key]
+    assert "saved" in tools["faceswap"]["deliveries"]  # the card says which copy it judged
 
 
 def test_estimate_learns_from_finished_jobs(
