@@ -2,6 +2,7 @@
 
 Run: DEEPGUARD_WEIGHTS_DIR=../shared/weights .venv/bin/python bench/passes.py
          [--detectors scrfd_500m,retinaface,yolo5face_n05,yunet] [--size 640] [--repeats 7]
+         [--photos fdlite_group.jpg,lp_s9.jpg [--rounds 2]]
 
 One pass is the attack's: a forward and a backward of the face loss with respect to the input,
 on a press photo shrunk to ``--size`` on the long side (what a tool's look sees). For each
@@ -11,6 +12,10 @@ detector, in this process, against its own fp32 baseline measured alongside:
 - ``torch.compile`` of the detector (its first call, the compilation, reported apart);
 - one thread instead of the default.
 Prints the median seconds per pass and the ratio to the baseline (below 1: faster).
+
+With ``--photos``: instead, ``balanced`` end to end on those ``media/images`` pictures with
+every detector in NCHW and with each detector's ``channels_last_on_cpu`` layout, alternated
+in this process for ``--rounds`` rounds; seconds, passes, PSNR and the tools not protected.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import copy
 import logging
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +36,8 @@ from deepguard.attack.losses import face_score_loss
 from deepguard.models.base import FaceDetector
 from deepguard.models.registry import load_detector
 
-PHOTO = Path(__file__).resolve().parents[2] / "shared" / "media" / "press" / "group_five_office.jpg"
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+PHOTO = MEDIA / "press" / "group_five_office.jpg"
 
 
 def view(size: int) -> torch.Tensor:
@@ -51,8 +58,9 @@ def one_pass(detector, x: torch.Tensor, autocast: torch.dtype | None = None) -> 
 
 
 def fresh(name: str) -> FaceDetector:
-    """A detector of its own (the registry's instance is shared and stays untouched)."""
-    return copy.deepcopy(load_detector(name))
+    """A detector of its own in the plain NCHW layout (the registry's instance is shared, and
+    may already be channels_last: ``channels_last_on_cpu``)."""
+    return copy.deepcopy(load_detector(name)).to(memory_format=torch.contiguous_format)
 
 
 def compiled_network(detector: FaceDetector) -> FaceDetector:
@@ -77,12 +85,44 @@ def timed(run: Callable[[], float], repeats: int) -> tuple[float, float]:
     return statistics.median(seconds), loss
 
 
+def end_to_end(photos: list[str], rounds: int) -> None:
+    """The layout lever on whole photos: what the attack, the checks and the shrink gain."""
+    from deepguard.attack.config import load_preset
+    from deepguard.models import registry
+    from deepguard.pipeline.protect import Protector
+
+    config = load_preset("balanced")
+    kinds = {type(load_detector(name)) for name in config.detectors}
+    preferring = [kind for kind in kinds if kind.channels_last_on_cpu]
+    with tempfile.TemporaryDirectory(prefix="deepguard-layout-") as out:
+        for round_ in range(rounds):
+            for layout in (False, True):
+                for kind in preferring:
+                    kind.channels_last_on_cpu = layout
+                registry.forget_built_detectors()
+                protector = Protector(config)
+                for name in photos:
+                    start = time.perf_counter()
+                    report = protector.protect(MEDIA / "images" / name, Path(out) / name)
+                    seconds = time.perf_counter() - start
+                    failing = [r["tool"] for r in report["tools"] if r["status"] == "not protected"]
+                    print(f"round {round_} {'channels_last' if layout else 'NCHW':>13} {name}: "
+                          f"{seconds:.1f} s, {report['detector_passes']} passes, PSNR "
+                          f"{report['psnr_db']} dB; not protected: {', '.join(failing) or '-'}",
+                          flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--detectors", default="scrfd_500m,retinaface,yolo5face_n05,yunet")
     parser.add_argument("--size", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--photos", help="comma-separated media/images names: end to end")
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    if args.photos:
+        end_to_end(args.photos.split(","), args.rounds)
+        return
     torch._logging.set_logs(dynamo=logging.ERROR)  # graph breaks: the compile column says enough
     x = view(args.size)
     threads = torch.get_num_threads()

@@ -83,6 +83,9 @@ class FaceDetector(nn.Module, ABC):
     #: whether the attack may run this detector's passes under fp16/bf16 autocast on a GPU
     #: (verification never does). Measured per detector against fp32; see ``bench/gpu.py``.
     autocast_safe: bool = True
+    #: whether a CPU pass is faster with the weights in channels_last (NHWC) memory format.
+    #: Measured per detector with ``bench/passes.py``; only where it won in every run.
+    channels_last_on_cpu: bool = False
 
     @abstractmethod
     def dense(self, x: Tensor) -> DensePrediction:

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from deepguard.errors import DeepguardError
@@ -93,8 +94,19 @@ def load_detector(
             spec = get_spec(name)
             store = store or WeightStore()
             weights = {file.name: store.resolve(file, download=download) for file in spec.files}
-            _built[key] = spec.build(weights).to(device)
+            detector = spec.build(weights).to(device)
+            if detector.channels_last_on_cpu and torch.device(device).type == "cpu":
+                # convolutions follow their weights' layout: the inputs stay as they are
+                detector.to(memory_format=torch.channels_last)
+            _built[key] = detector
         return _built[key]
+
+
+def forget_built_detectors() -> None:
+    """Drop the built detectors, so the next load builds them again (benchmarks compare a
+    detector's settings this way)."""
+    with _lock:
+        _built.clear()
 
 
 def load_detectors(names: list[str], device: str = "cpu") -> list[FaceDetector]:

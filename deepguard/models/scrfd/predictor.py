@@ -38,6 +38,8 @@ class SCRFD500M(FaceDetector):
     nms_iou = 0.4
     #: fp16 agreement with fp32 not measured on a GPU yet (bench/gpu.py): fp32 until it is
     autocast_safe = False
+    #: bench/passes.py, 2-core CPU, 2026-12-07: 0.60x and 0.77x the NCHW pass
+    channels_last_on_cpu = True
 
     def __init__(self, net: SCRFDNet) -> None:
         super().__init__()

@@ -52,6 +52,8 @@ class YuNet(FaceDetector):
     score_threshold = 0.9
     nms_iou = 0.3
     max_detections = 5000
+    #: bench/passes.py, 2-core CPU, 2026-12-07: 0.51x the NCHW pass in both runs
+    channels_last_on_cpu = True
 
     def __init__(self, model: onnx.ModelProto) -> None:
         super().__init__()
