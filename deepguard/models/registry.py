@@ -102,12 +102,5 @@ def load_detector(
         return _built[key]
 
 
-def forget_built_detectors() -> None:
-    """Drop the built detectors, so the next load builds them again (benchmarks compare a
-    detector's settings this way)."""
-    with _lock:
-        _built.clear()
-
-
 def load_detectors(names: list[str], device: str = "cpu") -> list[FaceDetector]:
     return [load_detector(name, device) for name in names]
