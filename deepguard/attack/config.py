@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from deepguard.attack.budget import Rung, ladder
 from deepguard.attack.delivery import CHAINS
 from deepguard.errors import DeepguardError
 
@@ -135,12 +136,20 @@ class AttackConfig(BaseModel):
     detector_weights: dict[str, float] = Field(
         default_factory=dict, description="relative weight per detector (default 1 each)"
     )
-    epsilon: float = Field(8.0, gt=0, le=64, description="L∞ budget in pixel levels (of 255)")
-    region_epsilon: dict[str, float] = Field(
-        default_factory=dict,
-        description="a larger budget, in levels, around the faces these detectors find on the "
-        "clean picture (MTCNN needs about 12 on a large face)",
+    epsilon: float = Field(
+        12.0,
+        gt=0,
+        le=64,
+        description="the cap: no pixel's L∞ budget goes above it, in pixel levels (of 255); "
+        "each face climbs a ladder up to it (epsilon_start, epsilon_rung)",
     )
+    epsilon_start: float = Field(
+        6.0,
+        gt=0,
+        description="every face starts at min(this, epsilon) and climbs one rung after each "
+        "round in which a covered tool still finds it",
+    )
+    epsilon_rung: float = Field(2.0, gt=0, description="the ladder's step, in pixel levels")
     step: float = Field(2.0, gt=0, description="sign-gradient step in pixel levels")
     iterations: int = Field(10, ge=1, le=1000)
     min_iterations: int = Field(2, ge=1, description="iterations before early stopping may end")
@@ -245,8 +254,9 @@ class AttackConfig(BaseModel):
         0.0,
         ge=0,
         le=1,
-        description="shape the budget by local contrast at the same mean squared size: more on "
-        "hair and fabric, less on flat skin and sky (0: off)",
+        description="lower the budget on flat skin and sky by their local contrast, down to "
+        "0.4 of the face's rung; it never raises it (0: off). A face on the ladder's last rung "
+        "has the floor lifted",
     )
     # where to attack
     scales: list[float] = Field(
@@ -289,7 +299,13 @@ class AttackConfig(BaseModel):
         0.8, gt=0, le=1, description="hidden means every score below this fraction of threshold"
     )
     shrink_steps: int = Field(3, ge=0, description="bisection steps shrinking the perturbation")
-    repair_rounds: int = Field(3, ge=0)
+    repair_rounds: int = Field(
+        3,
+        ge=0,
+        description="rounds after the first, at most: after each round the faces a covered tool "
+        "still finds climb one rung of the ε ladder (it takes len(rungs) - 1 rounds to reach the "
+        "top)",
+    )
     give_up_ratio: float | None = Field(
         None,
         gt=0,
@@ -313,11 +329,6 @@ class AttackConfig(BaseModel):
     def _check(self) -> AttackConfig:
         if self.step > self.epsilon:
             raise ValueError(f"step {self.step} is larger than epsilon {self.epsilon}")
-        for name, epsilon in self.region_epsilon.items():
-            if name not in self.detectors:
-                raise ValueError(f"region_epsilon names {name!r}, which is not attacked")
-            if not self.epsilon <= epsilon <= 64:
-                raise ValueError(f"region_epsilon {name}: {epsilon} is not in [epsilon, 64]")
         return self
 
     @model_validator(mode="after")
@@ -331,8 +342,13 @@ class AttackConfig(BaseModel):
 
     @property
     def max_epsilon(self) -> float:
-        """The largest budget any pixel may get (``epsilon`` or a ``region_epsilon``)."""
-        return max([self.epsilon, *self.region_epsilon.values()])
+        """The largest budget any pixel may get: the cap."""
+        return self.epsilon
+
+    @property
+    def rungs(self) -> tuple[Rung, ...]:
+        """The ε ladder every face climbs (see :mod:`deepguard.attack.budget`)."""
+        return ladder(self.epsilon, self.epsilon_start, self.epsilon_rung)
 
     def for_video(self) -> AttackConfig:
         """The per-frame attack settings for a clip: its delivery is the H.264 file, which

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from deepguard.attack.budget import FaceBudgets, Rung, RungHints
 from deepguard.attack.config import AttackConfig
 from deepguard.attack.delivery import Chain, ChainModel, OutputCodec, ToolResize, parse_chains
 from deepguard.attack.optimiser import Optimiser, Plan, Run, importance_for, loss_drops
@@ -34,9 +35,7 @@ from deepguard.attack.perturbation import (
     Perturbation,
     finish_frames,
     frames_to_tensor,
-    soft_mask,
     tensor_to_frames,
-    texture_weights,
 )
 from deepguard.attack.precision import Autocast
 from deepguard.attack.profiles import enabled_profiles
@@ -98,6 +97,8 @@ class AttackResult:
     faces: Faces = field(default_factory=list)
     before: Verdict | None = None
     after: Verdict | None = None
+    #: per frame, the rung of the ε ladder each of its faces ended on (as ``faces``)
+    rungs: list[list[Rung]] = field(default_factory=list)
 
     @property
     def hidden(self) -> bool:
@@ -271,6 +272,7 @@ class FacePoison:
         roundtrip: Roundtrip | None,
         sample: Sequence[int],
         targets: Sequence[str] | None = None,
+        hints: RungHints | None = None,
     ) -> AttackResult | None:
         """``carried`` (a perturbation brought along from earlier frames) applied as it is,
         when no target finds a protected face on the delivery of the ``sample`` frames;
@@ -280,13 +282,20 @@ class FacePoison:
 
         No attack pass: a clip's frames between two samples cost one check per sample
         instead of a warm-started attack each. The unsampled frames' faces after delivery are
-        not known here (``None``); the check of the written file counts them."""
+        not known here (``None``); the check of the written file counts them.
+
+        The faces keep the rungs of the ε ladder they reached: ``hints`` (a tracked face's
+        rung in its scene), and at least the rung ``carried`` uses around them; the bound is
+        not rebuilt from the first rung, which would clip the carried perturbation."""
         x = frames_to_tensor(frames, self.device)
         faces, found = self.faces_of(frames)
         self._hold_passes["faces"] += len(self.looks(*frames.shape[1:3])) * len(frames)
         windows = self._windows(x, faces) if windows is None else windows
-        bound = self._bound(x, frames, windows, found)
-        delta = _clamped(carried.to(x.device), bound)
+        carried = carried.to(x.device)
+        budgets = self._budgets(frames, faces, windows)
+        budgets.start_at(hints, carried)
+        bound = budgets.bound()
+        delta = _clamped(carried, bound)
         out = finish_frames(x, frames, delta, bound)
         active = [d.name for d in self.detectors if targets is None or d.name in targets]
         picked = list(sample)
@@ -306,6 +315,7 @@ class FacePoison:
             precision=self.autocast.name,
             faces=faces,
             before=before,
+            rungs=budgets.per_frame(len(frames)),
         )
 
     # -- the attack ------------------------------------------------------------------------
@@ -324,6 +334,7 @@ class FacePoison:
         shared: bool = False,
         codec: OutputCodec | None = None,
         extra_faces: Sequence[np.ndarray] | None = None,
+        hints: RungHints | None = None,
     ) -> AttackResult:
         """Protect N×H×W×3 uint8 RGB frames. See the module docstring.
 
@@ -336,7 +347,13 @@ class FacePoison:
         face barely moves): it then holds on the frames between them too. ``codec``: how the
         output is saved (a photo's JPEG), which the attack optimises through; ``roundtrip``
         is its real counterpart for the check. ``extra_faces``: boxes to protect besides the
-        faces found on the clean frames (the tracker's, per frame).
+        faces found on the clean frames (the tracker's, per frame). ``hints``: rungs of the ε
+        ladder faces start on (a tracked face's, reached earlier in its scene); a face also
+        starts at least on the rung ``init_delta`` uses around it.
+
+        Each face starts on its rung; after each round, every face that a covered tool still
+        finds on a delivered copy climbs one rung and the next round attacks it at the new
+        bound, while the faces already hidden keep theirs (:mod:`~.budget`).
         """
         config = self.config
         active = [d for d in self.detectors if targets is None or d.name in targets]
@@ -360,7 +377,8 @@ class FacePoison:
                                 before.by_detector(), before.by_tool(), before.by_tool(),
                                 passes=sum(passes.values()), passes_by_kind=dict(passes),
                                 timings=timings, precision=self.autocast.name, faces=faces,
-                                before=before, after=before)  # fmt: skip
+                                before=before, after=before,
+                                rungs=[[] for _ in faces])  # fmt: skip
         if windows is None:
             windows = self._windows(x, faces) if config.region_mode else _whole(x)
         views = detector_views(windows, height, width, config.view_min_size, config.whole_fraction)
@@ -370,7 +388,9 @@ class FacePoison:
         )
         timings["importance"] = time.perf_counter() - tick
         budget = iterations or config.iterations
-        bound = self._bound(x, frames, windows, found, shared)
+        budgets = self._budgets(frames, faces, windows, shared)
+        budgets.start_at(hints, init_delta)
+        bound = budgets.bound()
         start = init_delta
         if start is None and config.random_start:
             noise = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device)
@@ -428,23 +448,26 @@ class FacePoison:
             if state.at != run.iterations or state.verdict is None:
                 clear(run)
             assert state.verdict is not None
-            hidden = self.clear(state.verdict, names)
+            still_found = self.failures(state.verdict, names)
             if rounds >= 1 and config.give_up_ratio:  # after the main iterations + a repair
                 run.detectors = self._without_stalled(run, state.verdict, round_starts)
                 names = [d.name for d in run.detectors]
-            last = hidden or rounds >= config.repair_rounds or not run.detectors
+            last = not still_found or rounds >= config.repair_rounds or not run.detectors
             self._report_faces(progress, before, state.verdict)
             if last:
                 break
             rounds += 1
             budget = config.repair_iterations
-            log.info("faces still found after round %d: %s; repairing", rounds,
-                     state.verdict.by_tool())  # fmt: skip
+            climbed = budgets.climb({failure[2:] for failure in still_found})
+            if climbed:
+                run.perturbation.rebound(budgets.bound())
+            log.info("faces still found after round %d: %s; repairing, %d faces a rung up",
+                     rounds, state.verdict.by_tool(), len(climbed))  # fmt: skip
         after = state.verdict
         if config.shrink_steps and run.iterations:  # give back what the sign steps inflated
-            after = self._shrink(run, after, names)
+            after = self._shrink(run, after, names, budgets)
         delta = run.perturbation.value()
-        out = finish_frames(x, frames, delta, bound)
+        out = finish_frames(x, frames, delta, run.perturbation.bound)
         timings["attack"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - started
         return AttackResult(
@@ -464,6 +487,7 @@ class FacePoison:
             faces=faces,
             before=before,
             after=after,
+            rungs=budgets.per_frame(len(frames)),
         )
 
     def take_hold_passes(self) -> Counter:
@@ -496,61 +520,49 @@ class FacePoison:
         height, width = frames.shape[1:3]
         return sum(len(self.looks(*c.size(height, width))) for c in chains) * len(frames)
 
-    def _shrink(self, run: Run, verdict: Verdict, active: Sequence[str]) -> Verdict:
+    def _shrink(
+        self, run: Run, verdict: Verdict, active: Sequence[str], budgets: FaceBudgets
+    ) -> Verdict:
         """Scale the perturbation down, face by face, as far as delivery keeps what it
         achieved at full strength; returns the verdict at the chosen scales.
 
         Sign steps spend the whole budget; most of it is rarely needed, and a few bisection
-        steps on the perturbation's scale buy back image quality. Each face's window has its
-        own scale (a face hidden easily need not carry the budget of a hard one next to it);
-        all of them are bisected at once, each judged on its own face, on every chain. A tool
-        that misses a face at full strength must keep missing it by the early stop's margin
-        (shrunk to the bare threshold, the perturbation breaks under the next codec or warm
-        start), and no tool may find a face it did not find at full strength.
+        steps on the perturbation's scale buy back image quality. Each face group (a face;
+        the same face on every frame of a shared perturbation) has its own scale: a face
+        hidden easily need not carry the budget of a hard one next to it. All of them are
+        bisected at once, each judged on its own faces, on every chain. A tool that misses a
+        face at full strength must keep missing it by the early stop's margin (shrunk to the
+        bare threshold, the perturbation breaks under the next codec or warm start), and no
+        tool may find a face it did not find at full strength. Frames that share one
+        perturbation end with one scale map, so they still share it (no flicker).
         """
         full = self.failures(verdict, active)
-        weights, keys = self._face_weights(run)
-        if not keys:
+        weights = budgets.group_masks(run.x)
+        groups = len(budgets.groups)
+        if not groups:
             return verdict
-        low = dict.fromkeys(keys, 0.0)
-        high = dict.fromkeys(keys, 1.0)
+        low, high = [0.0] * groups, [1.0] * groups
         delta = run.perturbation.value()
         margin = self.config.verify_margin
+        shared = run.perturbation.shared
         for _ in range(self.config.shrink_steps):
-            middle = {key: (low[key] + high[key]) / 2 for key in keys}
-            judged = self.check(run, _scale_map(weights, keys, middle), kind="shrink")
+            middle = [(a + b) / 2 for a, b in zip(low, high, strict=True)]
+            judged = self.check(run, _scale_map(weights, middle, shared), kind="shrink")
             new = self.failures(judged, active, margin) - full
-            for key in keys:
-                if any(failure[2:] == key for failure in new):
-                    low[key] = middle[key]
+            broken = {budgets.group_of(failure[2:]) for failure in new}
+            for group in range(groups):
+                if group in broken:
+                    low[group] = middle[group]
                 else:
-                    high[key] = middle[key]
-        scale = _scale_map(weights, keys, high)
+                    high[group] = middle[group]
+        scale = _scale_map(weights, high, shared)
         kept = self.check(run, scale, kind="shrink")
         if self.failures(kept, active) - full:  # faces that interact: keep full strength
             log.debug("the shrunk faces together failed; kept at full strength")
             return verdict
-        log.debug(
-            "perturbation shrunk to %s of its size per face", [round(high[k], 2) for k in keys]
-        )
+        log.debug("perturbation shrunk to %s of its size per face", [round(h, 2) for h in high])
         run.perturbation.fix(delta * scale)
         return kept
-
-    def _face_weights(self, run: Run) -> tuple[Tensor, list[tuple[int, int]]]:
-        """K×N×1×H×W: each protected face's soft window (how much a pixel belongs to it),
-        and the (frame, face) each stands for."""
-        masks, keys = [], []
-        for frame, faces in enumerate(run.faces):
-            for index, face in enumerate(faces or []):
-                windows = face_windows(
-                    face.box[None], frame, *run.x.shape[-2:], self.config.region_margin,
-                    self.config.region_margin_min,
-                )  # fmt: skip
-                masks.append(soft_mask(run.x, windows, self.config.edge_fade))
-                keys.append((frame, index))
-        if not masks:
-            return run.x.new_zeros(0), keys
-        return torch.stack(masks), keys
 
     def _without_stalled(
         self, run: Run, verdict: Verdict, round_starts: list[int]
@@ -596,32 +608,17 @@ class FacePoison:
             windows += face_windows(boxes, index, height, width, margin, least)
         return windows
 
-    def _bound(
-        self,
-        x: Tensor,
-        frames: np.ndarray,
-        windows: list[Window],
-        found: dict[Look, list[Detections]],
-        shared: bool = False,
-    ) -> Tensor:
-        """Each pixel's bound (0 where the perturbation may not go): the budget
-        (``epsilon``, ``region_epsilon`` around the faces those detectors find, lowered on
-        flat skin and sky) faded out around ``windows`` (see :func:`soft_mask`)."""
+    def _budgets(
+        self, frames: np.ndarray, faces: Faces, windows: list[Window], shared: bool = False
+    ) -> FaceBudgets:
+        """Every face on the first rung of the ε ladder, the perturbation allowed in
+        ``windows`` (see :class:`~.budget.FaceBudgets`)."""
         config = self.config
-        soft = soft_mask(x, windows, config.edge_fade)
-        levels = torch.full_like(soft, config.epsilon)
-        height, width = x.shape[-2:]
-        for name, epsilon in config.region_epsilon.items():
-            for look, per_frame in found.items():
-                if look.detector != name:
-                    continue
-                for index, detections in enumerate(per_frame):
-                    margin, least = config.region_margin, config.region_margin_min
-                    for w in face_windows(detections.boxes, index, height, width, margin, least):
-                        region = levels[w.frame, :, w.y1 : w.y2, w.x1 : w.x2]
-                        region.clamp_(min=epsilon)
-        levels = levels * texture_weights(frames, soft, config.texture_budget, shared)
-        return levels * soft
+        return FaceBudgets(
+            config.rungs, frames, faces, windows, margin=config.region_margin,
+            least_margin=config.region_margin_min, fade=config.edge_fade,
+            texture=config.texture_budget, shared=shared, device=self.device,
+        )  # fmt: skip
 
 
 @dataclass
@@ -651,14 +648,16 @@ def _failing_looks(verdict: Verdict, margin: float) -> set[tuple[str, Look]]:
     }
 
 
-def _scale_map(weights: Tensor, keys: list[tuple[int, int]], scales: dict) -> Tensor:
-    """N×1×H×W: each pixel's scale, the faces' scales weighted by how much it belongs to each
-    (a pixel of no face's window keeps the largest)."""
-    values = torch.tensor([scales[key] for key in keys], dtype=weights.dtype)
+def _scale_map(weights: Tensor, scales: Sequence[float], shared: bool = False) -> Tensor:
+    """N×1×H×W: each pixel's scale, the groups' scales weighted by how much it belongs to
+    each (a pixel of no face's window keeps the largest). ``shared``: one map for every
+    frame, the largest of theirs."""
+    values = torch.tensor(list(scales), dtype=weights.dtype)
     values = values.to(weights.device).view(-1, 1, 1, 1, 1)
     total = weights.sum(0)
     mixed = (weights * values).sum(0) / total.clamp(min=1e-6)
-    return torch.where(total > 0, mixed, values.max())
+    scale = torch.where(total > 0, mixed, values.max())
+    return scale.amax(0, keepdim=True).expand_as(scale) if shared else scale
 
 
 def _clamped(delta: Tensor, bound: Tensor) -> Tensor:

@@ -106,20 +106,20 @@ class Optimiser:
         for step in range(1, budget + 1):
             plan = run.plans[run.iterations % len(run.plans)]
             leaves = run.perturbation.leaves()
-            moved = self._gradient(run, plan, leaves)
+            moved, direct = self._gradient(run, plan, leaves)
             run.iterations += 1
             if run.progress:
                 run.progress("attack", run.iterations, run.total_budget)
                 self._report_losses(run)
-            if moved is None:
+            if moved is None and direct is None:
                 log.debug("no look sees anything to push down")
             else:
-                run.perturbation.step(moved, config.step)
+                run.perturbation.step(moved, config.step, direct)
             due = step % config.check_every == 0 or self.looks_clear(run)
             if step >= config.min_iterations and due and clear(run):
                 log.debug("hidden after delivery at iteration %d", run.iterations)
                 break
-            if moved is None:
+            if moved is None and direct is None:
                 continue
             if not config.patience:
                 continue
@@ -143,9 +143,14 @@ class Optimiser:
 
     # -- one iteration ---------------------------------------------------------------------
 
-    def _gradient(self, run: Run, plan: Plan, leaves: list[Tensor]) -> list[Tensor] | None:
+    def _gradient(
+        self, run: Run, plan: Plan, leaves: list[Tensor]
+    ) -> tuple[list[Tensor] | None, list[Tensor] | None]:
         """The gradient of every attacked look's loss on ``plan``'s chain with respect to the
-        perturbation's components (``None``: nothing left to push down)."""
+        perturbation's components, in two sums: of the detectors whose gradient the momentum
+        may accumulate, and of those it may not (:attr:`FaceDetector.momentum_safe`: MTCNN's
+        candidates change every step, and momentum stalled the attack on it). ``None``: no
+        look of that kind left anything to push down."""
         delta = run.perturbation.compose(leaves)
         adversarial = self._through_delivery(run, quantize_uint8(run.x + delta))
         delivered = run.model(adversarial, plan.chain)
@@ -153,7 +158,7 @@ class Optimiser:
         # the delivered copy against the original frame, and against the chain's nominal size
         ratio_x, ratio_y = delivered.shape[-1] / width, delivered.shape[-2] / height
         drift = max(plan.size) / max(delivered.shape[-2:])
-        totals: list[Tensor] | None = None
+        totals: dict[bool, list[Tensor]] = {}
         looks = self._draw_looks(run, plan)
         for position, look in enumerate(looks):
             surrogate = delivered.new_zeros(())
@@ -176,12 +181,14 @@ class Optimiser:
             parts = torch.autograd.grad(surrogate, leaves, retain_graph=not last)
             weight = self.config.detector_weights.get(look.detector, 1.0)
             normalised = [weight * g / (g.abs().mean() + _TINY) for g in parts]
-            totals = (
+            kind = self.table[look.detector].momentum_safe
+            previous = totals.get(kind)
+            totals[kind] = (
                 normalised
-                if totals is None
-                else [a + b for a, b in zip(totals, normalised, strict=True)]
+                if previous is None
+                else [a + b for a, b in zip(previous, normalised, strict=True)]
             )
-        return totals
+        return totals.get(True), totals.get(False)
 
     def _through_delivery(self, run: Run, adversarial: Tensor) -> Tensor:
         """On a share ``eot_delivery`` of iterations, the frames as the real codec delivers
@@ -241,7 +248,7 @@ class Optimiser:
         height, width = run.x.shape[-2:]
         frames = sorted({w.frame for w in run.views})
         scale = np.array([*ratios, *ratios], np.float32)
-        if not look.native:
+        if not look.crops:
             batch, geometry = run.resize(delivered[frames], look.scale * drift)
             return [[
                 _View(batch[i : i + 1], geometry.boxes_to_view(run.face_boxes(f) * scale),
@@ -283,7 +290,7 @@ class Optimiser:
         detector = self.table[look.detector]
         importance = (
             run.importance.get((detector.name, window.frame, window.x1, window.y1))
-            if look.native and window is not None
+            if look.crops and window is not None
             else None
         )
         # a look at another threshold moves the floors with it

@@ -45,11 +45,9 @@ class Perturbation:
         shared: bool = False,
     ) -> None:
         frames, _, height, width = bound.shape
-        self.bound = bound
-        self.inside = (bound > 0).float()
+        self.rebound(bound)
         self.momentum = momentum
         self.shared = shared
-        self.limit = float(bound.max()) if bound.numel() else 0.0
         batch = 1 if shared else frames
         longest = max(height, width)
         shapes: list[tuple[int, int]] = []
@@ -76,6 +74,14 @@ class Perturbation:
                 torch.minimum(start, self.limit_map()), -self.limit_map()
             )
         self._fixed: Tensor | None = None
+
+    def rebound(self, bound: Tensor) -> None:
+        """Take a new per-pixel bound (faces that climbed the ε ladder between rounds): the
+        components keep their values, so a face whose bound rose starts from what it had."""
+        self.bound = bound
+        self.inside = (bound > 0).float()
+        self.limit = float(bound.max()) if bound.numel() else 0.0
+        self._fixed = None
 
     def limit_map(self) -> Tensor:
         bound = self.bound.amax(0, keepdim=True) if self.shared else self.bound
@@ -104,12 +110,28 @@ class Perturbation:
         clipped = torch.maximum(torch.minimum(total, self.bound), -self.bound)
         return (total + (clipped - total).detach()) * self.inside
 
-    def step(self, gradients: Sequence[Tensor], size: float) -> None:
-        """One sign step of ``size`` levels on every component, against its gradient."""
-        for index, gradient in enumerate(gradients):
-            normalised = gradient / (gradient.abs().mean() + _TINY)
-            self.velocity[index] = self.momentum * self.velocity[index] + normalised
-            moved = self.components[index] - size * self.velocity[index].sign()
+    def step(
+        self,
+        gradients: Sequence[Tensor] | None,
+        size: float,
+        direct: Sequence[Tensor] | None = None,
+    ) -> None:
+        """One sign step of ``size`` levels on every component, against its gradient.
+
+        ``gradients`` accumulate in the momentum; ``direct`` ones (detectors whose scored
+        candidates change every step, :attr:`FaceDetector.momentum_safe`) join the step
+        without entering it. Both are normalised by the mean size of their sum."""
+        for index in range(len(self.components)):
+            part = gradients[index] if gradients is not None else None
+            side = direct[index] if direct is not None else None
+            total = sum(g for g in (part, side) if g is not None)
+            if not isinstance(total, Tensor):
+                continue
+            norm = total.abs().mean() + _TINY
+            if part is not None:
+                self.velocity[index] = self.momentum * self.velocity[index] + part / norm
+            heading = self.velocity[index] + (side / norm if side is not None else 0)
+            moved = self.components[index] - size * heading.sign()
             self.components[index] = moved.clamp(-self.limit, self.limit)
         self._fixed = None
 

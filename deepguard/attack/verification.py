@@ -41,10 +41,13 @@ FACE_SCORE = 0.5
 class Look:
     """One detector at one scale and threshold, standing for the ``tools`` that look this way.
 
-    ``native`` looks are the ensemble's own view of the picture (the attack works on crops
-    around the faces); the others come from tool profiles and see the whole resized frame.
-    ``threshold`` is the lowest of the tools' (what the attack must beat); each tool counts
-    faces at its own, ``tool_thresholds`` (in the order of ``tools``).
+    ``native`` looks are the ensemble's own view of the picture, judged at the detector's
+    threshold; the others come from tool profiles. ``crops``: the attack shows the look crops
+    around the faces (a native look alone); a tool's look, and a native look merged with one
+    (Wav2Lip runs RetinaFace's stand-in on the whole frame at native size), sees the whole
+    resized frame, as the tool does. ``threshold`` is the lowest of the tools' (what the
+    attack must beat); each tool counts faces at its own, ``tool_thresholds`` (in the order
+    of ``tools``).
     """
 
     detector: str
@@ -53,6 +56,7 @@ class Look:
     native: bool
     tools: tuple[str, ...] = ()
     tool_thresholds: tuple[float, ...] = ()
+    crops: bool = False
 
 
 def plan_looks(
@@ -79,6 +83,7 @@ def plan_looks(
                     other.native or look.native,
                     tuple(thresholds),
                     tuple(thresholds.values()),
+                    other.crops and look.crops,
                 )
                 return
         planned.append(look)
@@ -86,7 +91,7 @@ def plan_looks(
     natives = list(detectors) if native_detectors is None else list(native_detectors)
     for name in natives:
         for scale in native_scales:
-            add(Look(name, float(scale), detectors[name].score_threshold, True))
+            add(Look(name, float(scale), detectors[name].score_threshold, True, crops=True))
     for profile in profiles:
         for name in profile.detectors:
             if name not in detectors:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,7 +161,8 @@ def test_shrinking_keeps_hidden_faces_clear_of_the_threshold() -> None:
     )  # fmt: skip
     verdict = attack.check(run)
     assert attack.clear(verdict, ["fading"])
-    shrunk = attack._shrink(run, verdict, ["fading"])
+    whole = [Window(0, 0, 0, 16, 16)]
+    shrunk = attack._shrink(run, verdict, ["fading"], attack._budgets(frames, faces, whole))
     # scales 0.5 (0.85 × threshold: hidden, but inside the margin), 0.75 (0.725), 0.625
     # (0.7875): the bare-threshold rule would have taken 0.25 (0.975 × threshold)
     assert attack.clear(shrunk, ["fading"])
@@ -196,3 +198,42 @@ def test_views_of_different_sizes_go_through_a_detector_as_one_batch() -> None:
     assert bool((batch[0, :, :40, :30] == 1).all()) and float(batch[0, :, :, 30:].abs().sum()) == 0
     assert bool((batch[1, :, :20, :50] == 2).all()) and float(batch[1, :, 20:].abs().sum()) == 0
     assert _pad_batch(views[:1]) is views[0]
+
+
+def test_a_momentum_unsafe_detectors_gradient_moves_the_step_but_not_the_momentum() -> None:
+    """MTCNN re-selects its candidates every step: its gradient joins the step as it is and
+    never accumulates in the momentum (where it stalled the attack)."""
+    from deepguard.attack.perturbation import Perturbation
+
+    perturbation = Perturbation(torch.full((1, 1, 4, 4), 8.0), [0], momentum=0.9)
+    direct = torch.full((1, 3, 4, 4), -3.0)
+    perturbation.step(None, 1.0, [direct])
+    assert bool((perturbation.velocity[0] == 0).all())  # nothing accumulated
+    assert bool((perturbation.components[0] == 1).all())  # moved against its gradient
+    safe = torch.ones(1, 3, 4, 4)
+    perturbation.step([safe], 1.0, [direct])  # one norm for both: the sum's mean size
+    assert bool((perturbation.velocity[0] == 0.5).all())
+    assert bool((perturbation.components[0] == 2).all())  # 0.5 - 1.5 < 0: still upwards
+
+
+def test_the_optimiser_keeps_mtcnn_out_of_the_momentum(
+    weights_dir: Path, media_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepguard.attack.core import FacePoison
+    from deepguard.attack.perturbation import Perturbation
+
+    steps: list[tuple[bool, bool]] = []
+    real_step = Perturbation.step
+
+    def observed(self, gradients, size, direct=None):
+        steps.append((gradients is not None, direct is not None))
+        return real_step(self, gradients, size, direct)
+
+    monkeypatch.setattr(Perturbation, "step", observed)
+    clean = read_rgb(media_dir / "lp_s12.jpg")
+    for detectors, expected in ((["mtcnn"], (False, True)), (["yunet"], (True, False))):
+        steps.clear()
+        config = load_preset("balanced", detectors=detectors, tools=[], iterations=1,
+                             repair_rounds=0, shrink_steps=0)  # fmt: skip
+        FacePoison(config).protect(clean[None])
+        assert steps and set(steps) == {expected}, detectors
