@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from deepguard.attack.budget import Rung, RungHints
 from deepguard.attack.config import AttackConfig
 from deepguard.attack.core import AttackResult, FacePoison, Progress, Roundtrip
 from deepguard.attack.delivery import OutputCodec
 from deepguard.attack.memory import MemoryGuard
 from deepguard.attack.regions import Window
 from deepguard.attack.tool_report import ToolCounts, most_per_tool
+from deepguard.attack.verification import MATCH_IOU, box_iou
 from deepguard.stages.carry import carry_delta, track_windows
 from deepguard.stages.chunk import Chunk, FrameTracks
 
@@ -58,7 +60,7 @@ class PoisonStage:
         # on CUDA the batch also shrinks to what free memory holds; halved on out of memory
         self.memory = MemoryGuard(device, self.batch_size, gpu_share)
         # where the last chunk ended: a worker that gets the next chunk too carries on from it
-        self._carry_over: tuple[int, torch.Tensor, FrameTracks, set[str]] | None = None
+        self._carry_over: _CarryOver | None = None
 
     def protect_frames(
         self,
@@ -103,6 +105,7 @@ class PoisonStage:
         start_failed: bool = False,
         shared: bool = False,
         codec: OutputCodec | None = None,
+        hints: RungHints | None = None,
     ) -> AttackResult:
         """``attack.protect`` on ``frames`` in batches that fit in memory, with fewer frames
         per batch and then fewer iterations after an out-of-memory error: the one place the
@@ -121,6 +124,7 @@ class PoisonStage:
                 start_failed=start_failed,
                 shared=shared,
                 codec=codec,
+                hints=None if hints is None else hints[start:stop],
             )
 
         results, fallbacks = self.memory.run(len(frames), frames.shape[1:3], budget, attempt)
@@ -135,21 +139,30 @@ class PoisonStage:
         chunk.stats = []
         reference: tuple[torch.Tensor, FrameTracks] | None = None
         given_up: set[str] = set()  # detectors a full attack could not beat in this scene
-        if self._carry_over and self._carry_over[0] == chunk.start:
-            _, delta, tracks, given_up = self._carry_over
-            reference = (delta, tracks)
+        # the rung of the ε ladder each track reached in this scene: it holds until the cut
+        reached: dict[int, Rung] = {}
+        carried = self._carry_over
+        if carried and carried.stop == chunk.start:
+            reference = (carried.delta, carried.tracks)
+            given_up, reached = carried.given_up, dict(carried.reached)
         start = 0
         while start < len(chunk):
             key = reference is None or start in chunk.scene_starts or not warm
+            if start in chunk.scene_starts:
+                reached = {}
             stop = self._batch_stop(chunk, start, 1 if key else self.config.video.segment_frames)
             frames = chunk.frames[start:stop]
             tracks = chunk.tracks[start:stop] if chunk.tracks else [{}] * (stop - start)
+            hints = _hints(tracks, reached)
             if key:
                 windows = self._windows(tracks, frames.shape[1:3])
-                result = self._attack(self.attack, frames, windows=windows, roundtrip=roundtrip)
+                result = self._attack(
+                    self.attack, frames, windows=windows, roundtrip=roundtrip, hints=hints
+                )
                 given_up = _detectors_to_give_up(result, self.config.video.give_up_below)
             else:
-                result = self._warm(frames, tracks, reference, given_up)
+                result = self._warm(frames, tracks, reference, given_up, hints)
+            _reach(reached, result, tracks)
             chunk.protected[start:stop] = result.frames
             # the tools' detectors outside the ensemble count the clean frames here, where
             # they are in memory; cheap next to the attack (720p on 2 CPU cores, RetinaFace
@@ -166,7 +179,8 @@ class PoisonStage:
                 chunk.stats[start]["memory_fallbacks"] = result.fallbacks
             reference = (result.delta[-1], tracks[-1])
             start = stop
-        self._carry_over = (chunk.stop, *reference, given_up)
+        assert reference is not None
+        self._carry_over = _CarryOver(chunk.stop, *reference, given_up, reached)
         return chunk
 
     def _warm(
@@ -175,6 +189,7 @@ class PoisonStage:
         tracks: list[FrameTracks],
         reference: tuple[torch.Tensor, FrameTracks],
         given_up: set[str],
+        hints: RungHints,
     ) -> AttackResult:
         """A segment of frames after a key frame (up to ``video.segment_frames``).
 
@@ -189,13 +204,14 @@ class PoisonStage:
         that frame's windows: averaging starts carried onto each sampled frame blurred the
         pattern (their shifts differ), as resampling does, and the frames were then refined
         one by one. Every frame of the segment takes it, is checked alone, and is refined from
-        it if that fails."""
+        it if that fails. ``hints``: per frame, the rungs of the ε ladder its tracked faces
+        reached earlier in the scene, which they keep."""
         targets = [n for n in self.config.detectors if n not in given_up]
         size = frames.shape[1:3]
         carried = self._carried(reference, tracks)
         windows = self._windows(tracks, size)
         last = [len(frames) - 1]
-        held = self.attack.hold(frames, carried, windows, self.roundtrip, last, targets)
+        held = self.attack.hold(frames, carried, windows, self.roundtrip, last, targets, hints)
         if held is not None:
             return _with_passes(held, self.attack.take_hold_passes())
         stride = self.config.video.sample_every
@@ -209,17 +225,19 @@ class PoisonStage:
             roundtrip=self.roundtrip,
             targets=targets,
             shared=True,
+            hints=[hints[p] for p in picks],
         )
         learnt = joint.delta[-1:]
         results = []
         for index in range(len(frames)):
             frame = frames[index : index + 1]
             window = self._windows(tracks[index : index + 1], size)
-            kept = self.attack.hold(frame, learnt, window, self.roundtrip, [0], targets)
+            hint = hints[index : index + 1]
+            kept = self.attack.hold(frame, learnt, window, self.roundtrip, [0], targets, hint)
             results.append(kept or self._attack(
                 self.warm_attack, frame, init_delta=learnt, windows=window,
                 iterations=self.config.video.refine_iterations, roundtrip=self.roundtrip,
-                targets=targets, start_failed=True,
+                targets=targets, start_failed=True, hints=hint,
             ))  # fmt: skip
         refined = sum(result.passes > 0 for result in results)
         log.debug("a segment of %d frames: %d passes learning its perturbation on %d, %d "
@@ -266,6 +284,43 @@ class PoisonStage:
                         keep_background=not config.region_mode)[0]
             for target in tracks
         ])  # fmt: skip
+
+
+@dataclass
+class _CarryOver:
+    """Where a worker's last chunk ended, for the next chunk if it gets that one too: the
+    last frame's perturbation and tracks, the detectors its scene gave up on, and the rung
+    each track reached."""
+
+    stop: int
+    delta: torch.Tensor
+    tracks: FrameTracks
+    given_up: set[str]
+    reached: dict[int, Rung]
+
+
+def _hints(tracks: list[FrameTracks], reached: dict[int, Rung]) -> RungHints:
+    """Per frame, each tracked face's box with the rung its track reached in the scene."""
+    return [
+        [(box, reached[track]) for track, box in frame_tracks.items() if track in reached]
+        for frame_tracks in tracks
+    ]
+
+
+def _reach(reached: dict[int, Rung], result: AttackResult, tracks: list[FrameTracks]) -> None:
+    """Raise each track's rung to the highest its face ended on in ``result`` (a face is the
+    track whose box overlaps it most, by IoU ≥ 0.3)."""
+    for frame_tracks, faces, rungs in zip(tracks, result.faces, result.rungs, strict=False):
+        if not frame_tracks or not faces:
+            continue
+        ids = list(frame_tracks)
+        boxes = np.array([frame_tracks[i] for i in ids], np.float64)
+        for face, rung in zip(faces, rungs, strict=True):
+            overlap = box_iou(face.box[None], boxes)[0]
+            best = int(overlap.argmax())
+            if overlap[best] >= MATCH_IOU:
+                track = ids[best]
+                reached[track] = max(reached.get(track, rung), rung)
 
 
 def _with_passes(result: AttackResult, spent: Counter) -> AttackResult:
@@ -319,6 +374,7 @@ def _merge(results: list[AttackResult], fallbacks: list[dict]) -> AttackResult:
         timings={k: sum(r.timings.get(k, 0.0) for r in results) for k in phases},
         precision=results[0].precision,
         fallbacks=fallbacks,
+        rungs=[rungs for r in results for rungs in r.rungs],
     )
 
 
@@ -365,6 +421,12 @@ def _rows(
             "faces_tracked": len(frame_tracks),
             # the faces protected on this frame (boxes), which the check of the file judges
             "faces": [face.to_json() for face in (result.faces[i] if result.faces else None) or []],
+            # the rung of the ε ladder each of those faces ended on, and which of them had the
+            # texture floor lifted (the cap on every pixel of the face)
+            "epsilon": [rung.level for rung in result.rungs[i]] if result.rungs else [],
+            "floor_lifted": [
+                j for j, r in enumerate(result.rungs[i] if result.rungs else []) if r.flat
+            ],
             "faces_before": {name: found[i] for name, found in result.faces_before.items()},
             # None: a frame that kept its carried perturbation without its own check
             "faces_after_roundtrip": None if None in after[i].values() else after[i],

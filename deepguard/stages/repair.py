@@ -71,6 +71,9 @@ class RepairStage:
                     "faces_after_roundtrip": after,
                 },
                 "psnr_db": report_psnr(clean[0], chunk.protected[offset]),
+                # the repaired frame's faces climb from the rung their perturbation carried
+                "epsilon": [rung.level for rung in result.rungs[0]],
+                "floor_lifted": [j for j, rung in enumerate(result.rungs[0]) if rung.flat],
             }
         return chunk
 

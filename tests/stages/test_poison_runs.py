@@ -40,7 +40,7 @@ def test_a_segment_whose_last_frame_stays_hidden_is_kept_without_a_pass(
     frames, tracks = still
     key = stage.protect_frames(frames[:1], windows=stage._windows(tracks[:1], frames.shape[1:3]))
     assert key.faces_after["yunet"] == [0]
-    run = stage._warm(frames, tracks, (key.delta[0], tracks[0]), given_up=set())
+    run = stage._warm(frames, tracks, (key.delta[0], tracks[0]), set(), [[]] * len(frames))
     assert len(run.frames) == 4 and run.iterations == 0
     # no attack pass: only finding the faces and checking the sampled frame are counted
     assert "attack" not in run.passes_by_kind and run.passes == sum(run.passes_by_kind.values())
@@ -52,9 +52,33 @@ def test_a_segment_that_fails_learns_one_perturbation_and_every_frame_is_hidden(
 ) -> None:
     frames, tracks = still
     nothing = torch.zeros(3, *frames.shape[1:3])  # a carried start that hides nothing
-    segment = stage._warm(frames, tracks, (nothing, tracks[0]), given_up=set())
+    segment = stage._warm(frames, tracks, (nothing, tracks[0]), set(), [[]] * len(frames))
     assert len(segment.frames) == 4 and segment.passes > 0
     found = stage.attack.verify(segment.frames, None)
     assert found["yunet"] == [0, 0, 0, 0]
     # one perturbation, learnt on frames 0 and 3, kept on all four (the face held still)
     assert all(np.array_equal(segment.frames[0], frame) for frame in segment.frames[1:])
+
+
+def test_a_tracks_epsilon_holds_until_the_next_scene_cut(
+    still: tuple[np.ndarray, list[FrameTracks]],
+) -> None:
+    """A face that had to climb the ε ladder on its scene's key frame is not restarted on the
+    first rung on the frames after it: the carried perturbation keeps its bound, and every
+    frame of the scene reports the rung the track reached; a cut starts it over."""
+    frames, tracks = still
+    config = load_preset(
+        "balanced", detectors=["yunet"], epsilon=12, epsilon_start=1, step=1, tools=[], seed=1
+    )
+    stage = PoisonStage(config.for_video())
+    chunk = stage.process(Chunk(0, frames.copy(), scene_starts=[0], tracks=list(tracks)))
+    key_level = chunk.stats[0]["epsilon"][0]
+    assert key_level > 1, "the first rung hid the face: nothing climbed"
+    assert [row["epsilon"] for row in chunk.stats] == [[key_level]] * 4
+    # the frames after the key frame kept its perturbation without clipping it to 1 level
+    moved = np.abs(chunk.protected.astype(int) - frames.astype(int)).max(axis=(1, 2, 3))
+    assert (moved[1:] > 1).all() and (moved <= 12).all()
+    # a cut on the third frame: the scene after it starts on the first rung again
+    cut = stage.process(Chunk(4, frames.copy(), scene_starts=[2], tracks=list(tracks)))
+    assert cut.stats[2]["key_frame"] and cut.stats[1]["epsilon"] == [key_level]
+    assert cut.stats[2]["epsilon"][0] <= key_level
