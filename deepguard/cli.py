@@ -149,7 +149,9 @@ def _protect(args: argparse.Namespace) -> int:
 
 def _verdict(output, report: dict) -> str:
     """One line per protected file: faces each detector found before → after, the tools it
-    is protected against, and quality."""
+    is protected against, the ε the faces got, and quality."""
+    from deepguard.attack.face_report import describe_epsilon
+
     summary = report.get("summary", report)
     verdict = ", ".join(
         f"{name} {d['faces_before']}→{d['faces_after']}" for name, d in summary["detectors"].items()
@@ -163,7 +165,9 @@ def _verdict(output, report: dict) -> str:
         faces = f"{count} face" + ("" if count == 1 else "s")
         verdict = f"{faces} (judged on: {delivered}); {verdict}"
     seconds = summary["seconds"] if "seconds" in summary else report["timings_s"]["total"]
-    line = f"{output}: {verdict}; PSNR {summary['psnr_db']} dB; {seconds:.1f} s"
+    epsilon = describe_epsilon(summary.get("epsilon"))
+    quality = f"{epsilon}; " if epsilon else ""
+    line = f"{output}: {verdict}; {quality}PSNR {summary['psnr_db']} dB; {seconds:.1f} s"
     if report["kind"] == "video":
         line += f"; flicker {summary['flicker']}; {summary['realtime_factor']}× real time"
         repaired = summary.get("final_repair", {}).get("frames", [])

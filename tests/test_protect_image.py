@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,18 +47,29 @@ def test_hides_faces_from_the_ensemble(name: str, media_dir: Path, tmp_path: Pat
     assert report["hidden"] and report["protected"] and report["psnr_db"] > 30
 
 
+@pytest.mark.parametrize("climb", [False, True])
 def test_epsilon_is_never_exceeded_in_the_file(
-    quick: Protector, portrait: Image.Image, tmp_path: Path
+    climb: bool, quick: Protector, portrait: Image.Image, tmp_path: Path
 ) -> None:
+    """The cap holds on the written file's pixels, also for a face that climbed the whole
+    ε ladder (here from 2 levels, in four repair rounds, to a cap of 10 with the texture
+    floor lifted)."""
+    protector = quick
+    if climb:
+        config = quick.config.with_overrides(epsilon=10, epsilon_start=2, repair_rounds=5)
+        protector = Protector(config)
     source = tmp_path / "in.png"
     portrait.save(source)
     out = tmp_path / "out.png"
-    quick.protect(source, out)
+    report = protector.protect(source, out)
     change = np.abs(
         np.asarray(Image.open(out), np.int16) - np.asarray(Image.open(source), np.int16)
     )
-    assert change.max() <= quick.config.epsilon
+    assert change.max() <= protector.config.epsilon
     assert change.max() > 0
+    if climb:
+        (face,) = report["faces"]
+        assert face["epsilon"] > 2 and face["max_change"] == change.max()
 
 
 def test_same_seed_same_bytes(quick: Protector, portrait: Image.Image, tmp_path: Path) -> None:
@@ -245,6 +257,19 @@ def test_report_says_which_tools_the_file_is_protected_against(
     assert rows["deepfacelive"]["status"] == "not covered"
     assert rows["deepfacelive"]["faces_before"] >= 1  # counted, though not attacked
     assert rows["faceswap"]["stand_in"] and "RetinaFace" in rows["faceswap"]["stand_in"]
+    # per face: the rung it ended on, the largest change written on it, its crop's quality,
+    # and per delivery the covered tools that still find it and the others
+    covered = {name for name, row in rows.items() if row["covered"]}
+    for index, face in enumerate(report["faces"]):
+        assert face["epsilon"] in {rung.level for rung in config.rungs}
+        assert face["max_change"] > 0  # on the saved JPEG's pixels: its own error included
+        assert face["psnr_db"] > 25 and 0 < face["ssim"] <= 1
+        for chain in ("saved", "sns"):
+            entry = face["deliveries"][chain]
+            assert set(entry["protected_against"]) | set(entry["found_by"]) == covered
+            found = {n for n in covered if index in rows[n]["deliveries"][chain]["faces_found"][0]}
+            assert set(entry["found_by"]) == found
+    assert report["epsilon"]["max"] == max(face["epsilon"] for face in report["faces"])
 
 
 def test_cli_summary_lists_the_tools(
@@ -259,6 +284,8 @@ def test_cli_summary_lists_the_tools(
     # YuNet alone is the whole of no tool's detectors: nothing is covered
     assert "; not covered: roop, Deep-Live-Cam, " in line and "faceswap (CPU)" in line
     assert "protected against" not in line and "; PSNR " in line
+    # the ε the face got: the first rung (6), or the one it climbed to
+    assert re.search(r"; ε (6|8|10|12)(–\d+)?; PSNR ", line), line
     blank = tmp_path / "blank.png"  # nothing to find: -q is checked without a second attack
     Image.new("RGB", (64, 64), (128, 128, 128)).save(blank)
     assert main(["protect", str(blank), "--detectors", "yunet", "-q"]) == 0

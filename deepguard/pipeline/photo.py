@@ -17,6 +17,7 @@ import numpy as np
 from deepguard import __version__
 from deepguard.attack.config import AttackConfig
 from deepguard.attack.core import AttackResult, Progress
+from deepguard.attack.face_report import epsilon_summary, face_rows
 from deepguard.attack.metrics import psnr, ssim
 from deepguard.attack.tool_report import tallies_of, tool_summary
 from deepguard.fileio import write_atomically
@@ -74,6 +75,7 @@ class PhotoProtector:
         checked = time.perf_counter()
         clean = chunk.frames[0]
         faces = result.faces[0] or []
+        rungs = result.rungs[0] if result.rungs else []
         report = {
             "deepguard": __version__,
             "input": str(source_path),
@@ -82,8 +84,10 @@ class PhotoProtector:
             "size": {"width": int(clean.shape[1]), "height": int(clean.shape[0])},
             "parameters": self.config.model_dump(mode="json"),
             "weights": self._weight_digests(),
-            # the faces protected (found on the clean input), as boxes in its pixels
-            "faces": [face.to_report() for face in faces],
+            # the faces protected (found on the clean input): boxes in its pixels, the ε each
+            # got, its crop's quality, and per delivery whom it is protected against
+            "faces": face_rows(faces, rungs, clean, protected, tools),
+            "epsilon": epsilon_summary(rungs, self.config.epsilon),
             "delivery": list(self.config.deliver),
             "detectors": {
                 name: {

@@ -28,8 +28,10 @@ import ray
 from ray.exceptions import RayError
 
 from deepguard import __version__
+from deepguard.attack.budget import Rung
 from deepguard.attack.config import AttackConfig
 from deepguard.attack.core import FacePoison
+from deepguard.attack.face_report import epsilon_summary
 from deepguard.attack.precision import resolve_precision
 from deepguard.attack.profiles import enabled_profiles
 from deepguard.attack.tool_report import ToolCounts, tallies_of_counts, tool_summary
@@ -487,6 +489,8 @@ class _Run:
                     "faces_after_before_repair": self.found_before_repair,
                 },
                 "key_frames": sum(r["key_frame"] for r in rows),
+                # the ε the faces got, over every face on every frame
+                "epsilon": epsilon_summary(_rungs(rows), self.config.epsilon),
                 "psnr_db": _mean(psnr),
                 "flicker": _mean(flicker, 4),
                 "seconds": round(seconds, 2),
@@ -547,6 +551,14 @@ def _per_tool(rows: list[dict[str, Any]], key: str) -> ToolCounts:
         for tool, found in row.get(key, {}).items():
             counts.setdefault(tool, []).append(found)
     return counts
+
+
+def _rungs(rows: list[dict[str, Any]]) -> Iterator[Rung]:
+    """The rung every face of every frame ended on."""
+    for row in rows:
+        lifted = set(row.get("floor_lifted", []))
+        for index, level in enumerate(row.get("epsilon", [])):
+            yield Rung(level, index in lifted)
 
 
 def _mean(values, digits: int = 2) -> float | None:
