@@ -40,6 +40,7 @@ from PIL import Image
 
 from deepguard.attack.config import AttackConfig, load_preset, with_assignments
 from deepguard.attack.delivery import CHAINS, Chain
+from deepguard.attack.face_report import describe_epsilon
 from deepguard.attack.profiles import enabled_profiles
 from deepguard.models.registry import load_detector
 from deepguard.pipeline.evaluate import Evaluation, evaluate
@@ -107,7 +108,8 @@ def protect_all(config: AttackConfig, paths: list[Path], out: Path) -> list[dict
         print(
             f"  {path.name}: {len(report['faces'])} faces, {report['seconds']:.1f} s, "
             f"{report['detector_passes']} passes {report['detector_passes_by_kind']}, "
-            f"PSNR {report['psnr_db']} dB, SSIM {report['ssim']}; not protected: "
+            f"PSNR {report['psnr_db']} dB, SSIM {report['ssim']}, "
+            f"{describe_epsilon(report.get('epsilon')) or 'ε n/a'}; not protected: "
             f"{', '.join(failing) or '-'}",
             flush=True,
         )
@@ -186,7 +188,10 @@ def figures_of(evaluation: Evaluation, mine: dict, reports: list[dict], ensemble
                  if name in covered and found]  # fmt: skip
         worst[chain] = round(100 * min(rates), 1) if rates else None
     psnr = [value for value in evaluation.psnr if np.isfinite(value)]
+    epsilons = [face["epsilon"] for r in reports for face in r["faces"] if "epsilon" in face]
     return {
+        "face_ssim": evaluation.face_ssim,
+        "epsilon_histogram": {f"{k:g}": epsilons.count(k) for k in sorted(set(epsilons))},
         "tools": tools,
         "covered": covered,
         "worst_covered_tool_hidden_percent": worst,
@@ -236,7 +241,9 @@ def judge(
     print(f"\n{title}: {evaluation.faces} faces on {len(pairs)} pictures; worst covered tool "
           f"hidden: {entry['worst_covered_tool_hidden_percent']}; mean PSNR "
           f"{statistics.mean(psnr):.2f} dB (lowest {min(psnr):.2f}); mean SSIM "
-          f"{statistics.mean(ssim):.4f} (lowest {min(ssim):.4f})")  # fmt: skip
+          f"{statistics.mean(ssim):.4f} (lowest {min(ssim):.4f}); face crops: SSIM median "
+          f"{statistics.median(entry['face_ssim']):.4f} (lowest {min(entry['face_ssim']):.4f}); "
+          f"ε per face: {entry['epsilon_histogram'] or 'n/a'}")  # fmt: skip
     if reports:
         seconds = [r["seconds"] for r in reports]
         passes = [r["detector_passes"] for r in reports]

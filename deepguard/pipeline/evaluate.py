@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from deepguard.attack.delivery import Chain
+from deepguard.attack.face_report import face_crop
 from deepguard.attack.metrics import psnr, ssim
 from deepguard.attack.profiles import ToolProfile
 from deepguard.attack.verification import (
@@ -94,6 +95,8 @@ class Evaluation:
     tools: dict[str, dict[str, ToolScore]] = field(default_factory=dict)
     psnr: list[float] = field(default_factory=list)
     ssim: list[float] = field(default_factory=list)
+    #: SSIM of every face's crop (its box grown by 20 %): what a viewer looks at first
+    face_ssim: list[float] = field(default_factory=list)
 
 
 def pair_files(clean: Path, protected: Path) -> list[tuple[Path, Path]]:
@@ -145,6 +148,9 @@ def evaluate(
 
         faces = protected_faces(detect_looks(table, looks_for(*clean.shape[:2]), clean[None]), 1)
         result.faces += len(faces[0] or [])
+        for face in faces[0] or []:
+            rows, cols = face_crop(face, *clean.shape[:2])
+            result.face_ssim.append(ssim(clean[rows, cols], protected[rows, cols]))
         for chain in chains:
             before = _judged(table, looks_for, chain, clean, faces)
             after = _judged(table, looks_for, chain, protected, faces)
@@ -206,9 +212,15 @@ def format_table(evaluation: Evaluation, ensemble: set[str]) -> str:
         lines += _tool_lines(evaluation.tools[chain], ensemble)
     finite = [value for value in evaluation.psnr if np.isfinite(value)]
     mean_psnr = f"{np.mean(finite):.2f} dB" if finite else "n/a (identical)"
+    crops = (
+        f"; face crops: SSIM median {np.median(evaluation.face_ssim):.4f} (lowest "
+        f"{min(evaluation.face_ssim):.4f})"
+        if evaluation.face_ssim
+        else ""
+    )
     lines.append(
         f"{evaluation.pairs} image pairs, {evaluation.faces} faces; mean PSNR {mean_psnr}; "
-        f"mean SSIM {np.mean(evaluation.ssim):.4f}"
+        f"mean SSIM {np.mean(evaluation.ssim):.4f}{crops}"
     )
     return "\n".join(lines)
 
