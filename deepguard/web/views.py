@@ -55,13 +55,17 @@ def result_card(report: dict[str, Any] | None) -> dict[str, Any] | None:
         name: {"faces_before": d["faces_before"], "faces_after": d["faces_after"]}
         for name, d in summary["detectors"].items()
     }
+    tools = [_tool_line(row) for row in summary.get("tools", [])]
     card = {
         "kind": report["kind"],
         "detectors": detectors,
-        "tools": [_tool_line(row) for row in summary.get("tools", [])],
+        "tools": tools,
+        "verdict": _verdict(tools),
         "hidden": all(d["faces_after"] == 0 for d in detectors.values()),
         "psnr_db": summary.get("psnr_db"),
         "seconds": summary.get("seconds") or report.get("timings_s", {}).get("total"),
+        "epsilon": summary.get("epsilon"),
+        "faces": [_face_line(face, tools) for face in report.get("faces", [])],
     }
     if report["kind"] == "video":
         card.update(
@@ -73,6 +77,40 @@ def result_card(report: dict[str, Any] | None) -> dict[str, Any] | None:
     else:
         card["frames"] = 1
     return card
+
+
+def _verdict(tools: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The card's headline speaks of the tools, as its table does: the titles of the tools
+    the result is protected against, those it is not, and those the chosen detectors do not
+    cover (a result can hide every face from its detectors and still not protect against a
+    tool that runs another one)."""
+    groups: dict[str, list[str]] = {
+        "protected": [], "not_protected": [], "not_covered": [], "no_faces": []
+    }  # fmt: skip
+    key = {"protected": "protected", "not protected": "not_protected",
+           "not covered": "not_covered", "no faces found": "no_faces"}  # fmt: skip
+    for tool in tools:
+        groups[key.get(tool["status"], "not_covered")].append(tool["title"])
+    return groups
+
+
+def _face_line(face: dict[str, Any], tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """One protected face of a photo: the ε it got, its crop's quality, and per delivery the
+    tools (by title) that still find it."""
+    titles = {tool["tool"]: tool["title"] for tool in tools}
+    return {
+        "epsilon": face.get("epsilon"),
+        "texture_floor_lifted": face.get("texture_floor_lifted", False),
+        "psnr_db": face.get("psnr_db"),
+        "ssim": face.get("ssim"),
+        "deliveries": {
+            chain: {
+                "protected_against": len(entry["protected_against"]),
+                "found_by": [titles.get(name, name) for name in entry["found_by"]],
+            }
+            for chain, entry in face.get("deliveries", {}).items()
+        },
+    }
 
 
 def _tool_line(row: dict[str, Any]) -> dict[str, Any]:

@@ -218,6 +218,18 @@ def test_result_card_lists_the_tools(
         for key in ("title", "faces_before", "faces_after", "deliveries", "status", "stand_in"):
             assert tools[row["tool"]][key] == row[key]
     assert "saved" in tools["faceswap"]["deliveries"]  # the card says which copy it judged
+    # the headline's groups are the table's: RetinaFace alone does not cover roop
+    verdict = job["result"]["verdict"]
+    assert "roop" in verdict["not_covered"] and "DeepFaceLive" in verdict["not_covered"]
+    judged = verdict["protected"] + verdict["not_protected"]
+    assert "faceswap (GPU)" in judged and "roop" not in judged
+    # per face: the ε it got (within the cap), its crop's quality, whom it hides from
+    faces = job["result"]["faces"]
+    assert len(faces) == len(report["faces"]) >= 1
+    for face, row in zip(faces, report["faces"], strict=True):
+        assert 0 < face["epsilon"] <= report["parameters"]["epsilon"]
+        assert face["ssim"] == row["ssim"] and "saved" in face["deliveries"]
+    assert job["result"]["epsilon"]["max"] == max(face["epsilon"] for face in faces)
 
 
 def test_estimate_learns_from_finished_jobs(

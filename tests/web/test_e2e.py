@@ -209,6 +209,53 @@ def _download(page, selector: str, folder: Path) -> Path:
     return target
 
 
+#: every element of the page that sticks out sideways (past the viewport, or past the column
+#: it sits in) and every pair of the result's blocks that overlap, described in one line each
+_LAYOUT_FAULTS = """(viewport) => {
+    const faults = [];
+    const name = (el) => el.id ? `#${el.id}` : `${el.tagName.toLowerCase()}.${el.className}`;
+    const shown = (el) => el.getClientRects().length > 0
+        && getComputedStyle(el).visibility !== 'hidden';
+    if (document.documentElement.scrollWidth > viewport + 1) {
+        faults.push(`page ${document.documentElement.scrollWidth} px wide in ${viewport}`);
+    }
+    const header = document.querySelector('header').getBoundingClientRect();
+    if (header.width < document.documentElement.scrollWidth - 1) {
+        faults.push(`header ${header.width} px, page ${document.documentElement.scrollWidth}`);
+    }
+    for (const column of document.querySelectorAll('#card-main, #card-side, #compare')) {
+        if (!shown(column)) continue;
+        const box = column.getBoundingClientRect();
+        for (const el of column.querySelectorAll('*')) {
+            if (!shown(el)) continue;
+            const r = el.getBoundingClientRect();
+            if (r.right > box.right + 1 || r.left < box.left - 1 || r.right > viewport + 1) {
+                faults.push(`${name(el)} [${r.left}, ${r.right}] outside ${name(column)} `
+                            + `[${box.left}, ${box.right}]`);
+            }
+        }
+    }
+    const blocks = [...document.querySelectorAll('#card-main, #card-side, #compare')]
+        .filter(shown);
+    for (let i = 0; i < blocks.length; i++) {
+        for (let j = i + 1; j < blocks.length; j++) {
+            const a = blocks[i].getBoundingClientRect(), b = blocks[j].getBoundingClientRect();
+            const x = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+            const y = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+            if (x > 1 && y > 1) faults.push(`${name(blocks[i])} overlaps ${name(blocks[j])}`);
+        }
+    }
+    return faults;
+}"""
+
+
+def _assert_laid_out(page) -> None:
+    """Nothing of the result overlaps or sticks out sideways, with every disclosure open."""
+    page.evaluate("document.querySelectorAll('#result details').forEach((d) => d.open = true)")
+    faults = page.evaluate(_LAYOUT_FAULTS, page.viewport_size["width"])
+    assert not faults, faults[:10]
+
+
 def _tool_cells(page, tool: str) -> list[tuple[str, str | None]]:
     """The result card's row for ``tool``: each cell's text and tooltip."""
     page.wait_for_selector("#tools-table:not([hidden])")
@@ -239,6 +286,15 @@ def test_photo_end_to_end(browser, server: str, photo: Path, shots: Path, tmp_pa
     assert status in {"Protected", "Not protected"}
     assert "as saved" in deliveries, deliveries
     assert _tool_cells(page, "deepfacelive")[3][0] == "Not covered"
+    # the headline speaks of the tools, as the table does: RetinaFace alone covers faceswap,
+    # DeepFaceLab and Wav2Lip, not roop or LivePortrait
+    verdict = page.text_content("#verdict")
+    assert "Not covered by the chosen detectors" in verdict and "LivePortrait" in verdict
+    assert "no detector finds a face" not in verdict
+    faces = page.locator("#faces-list li")
+    assert faces.count() >= 1 and "ε " in faces.first.text_content()
+    _assert_laid_out(page)
+    page.screenshot(path=shots / "photo-3-result-details.png", full_page=True)
     _open_views(page, shots, "photo")
     assert _qr_url(page, shots, "photo") == f"{server}/jobs/{job_id}" == page.url
 
@@ -268,8 +324,7 @@ def test_photo_end_to_end(browser, server: str, photo: Path, shots: Path, tmp_pa
     page.goto(f"{server}/jobs/{job_id}")
     page.wait_for_selector("#result:not([hidden])")
     assert page.text_content("#job-state") == "완료"  # Korean from the browser language
-    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 1, "nothing sticks out sideways on a phone"
+    _assert_laid_out(page)  # nothing sticks out sideways on a phone, nothing overlaps
     page.screenshot(path=shots / "photo-8-phone.png", full_page=True)
     phone.close()
 
@@ -294,6 +349,9 @@ def test_clip_end_to_end(browser, server: str, clip: Path, shots: Path, tmp_path
         .find((dt) => dt.textContent === 'Frames').nextElementSibling.textContent""")
     assert frames == "12"
     assert _tool_cells(page, "faceswap")[0][0] == "faceswap (GPU)"
+    verdict = page.text_content("#verdict")
+    assert "Not covered by the chosen detectors" in verdict and "roop" in verdict
+    _assert_laid_out(page)
 
     page.fill("#frame", "7")  # scrub to another frame: both sides and the heatmap follow
     page.dispatch_event("#frame", "input")

@@ -340,8 +340,7 @@ function renderJob(job) {
 function renderResult(job, firstTime) {
   $("#result").hidden = false;
   const result = job.result;
-  $("#verdict").textContent = result.hidden ? t("verdict_hidden") : t("verdict_partial");
-  $("#verdict").dataset.hidden = result.hidden;
+  renderVerdict(result);
   const body = $("#verdict-table tbody");
   body.replaceChildren();
   for (const [name, figures] of Object.entries(result.detectors)) {
@@ -354,8 +353,11 @@ function renderResult(job, firstTime) {
     body.append(row);
   }
   renderTools(result.tools || []);
+  renderFaces(result.faces || []);
   const figures = [[t("psnr"), result.psnr_db != null ? `${result.psnr_db} dB` : "—"],
                    [t("time"), duration(result.seconds)]];
+  const epsilon = describeEpsilon(result.epsilon);
+  if (epsilon) figures.push([t("epsilon_used"), epsilon]);
   if (result.kind === "video") {
     figures.push([t("frames"), result.frames], [t("flicker"), result.flicker ?? "—"],
                  [t("realtime"), t("realtime_value", { x: result.realtime_factor })]);
@@ -386,6 +388,88 @@ function renderResult(job, firstTime) {
   }
 }
 
+// The headline speaks of the tools, as the table does: which tools the result is protected
+// against, which it is not, and which the chosen detectors do not cover at all. Without tool
+// profiles (none enabled), it falls back to the detectors.
+function renderVerdict(result) {
+  const box = $("#verdict");
+  box.replaceChildren();
+  const verdict = result.verdict;
+  const line = (className, text) => {
+    const p = document.createElement("p");
+    p.className = className;
+    p.textContent = text;
+    box.append(p);
+    return p;
+  };
+  if (!verdict || !(result.tools || []).length) {
+    box.dataset.state = result.hidden ? "ok" : "partial";
+    line("headline", result.hidden ? t("verdict_hidden") : t("verdict_partial"));
+    return;
+  }
+  const judged = verdict.protected.length + verdict.not_protected.length;
+  const total = judged + verdict.not_covered.length;
+  let state = "ok";
+  let headline = t("verdict_tools_all", { n: verdict.protected.length });
+  if (!judged) {
+    state = "none";
+    headline = t("verdict_tools_none");
+  } else if (verdict.not_protected.length || verdict.not_covered.length) {
+    state = "partial";
+    headline = t("verdict_tools_some", { n: verdict.protected.length, total });
+  }
+  box.dataset.state = state;
+  line("headline", headline);
+  const groups = [["protected", "verdict_group_protected"],
+                  ["not_protected", "verdict_group_not_protected"],
+                  ["not_covered", "verdict_group_not_covered"]];
+  for (const [key, label] of groups) {
+    if (!verdict[key].length) continue;
+    const p = line(`group ${key}`, "");
+    const name = document.createElement("b");
+    name.textContent = `${t(label)}: `;
+    p.append(name, verdict[key].join(", "));
+  }
+}
+
+// "6–12 (3 faces at 12)": the range of ε the faces got, from the report's summary.
+function describeEpsilon(summary) {
+  if (!summary || summary.min == null) return "";
+  let text = summary.min === summary.max ? `${summary.min}` : `${summary.min}–${summary.max}`;
+  if (summary.faces > 1 && summary.faces_at_cap) {
+    text += ` (${t("faces_at_cap", { n: summary.faces_at_cap, cap: summary.cap })})`;
+  }
+  return text;
+}
+
+// Per face, behind a disclosure: the ε it got, its crop's quality, and per delivery the tools
+// that still find it (or how many covered tools it is protected against).
+function renderFaces(faces) {
+  $("#faces-details").hidden = faces.length === 0;
+  const list = $("#faces-list");
+  list.replaceChildren();
+  for (const face of faces) {
+    const item = document.createElement("li");
+    const parts = [`ε ${face.epsilon}${face.texture_floor_lifted ? ` (${t("floor_lifted")})` : ""}`,
+                   `PSNR ${face.psnr_db != null ? `${face.psnr_db} dB` : "—"}`,
+                   `SSIM ${face.ssim}`];
+    item.append(parts.join(" · "));
+    for (const [chain, entry] of Object.entries(face.deliveries || {})) {
+      const detail = document.createElement("span");
+      detail.className = "delivery-line";
+      detail.dataset.chain = chain;
+      if (entry.found_by.length) {
+        detail.classList.add("bad");
+        detail.textContent = `${t(`delivery_${chain}`)}: ${t("face_found_by", { tools: entry.found_by.join(", ") })}`;
+      } else {
+        detail.textContent = `${t(`delivery_${chain}`)}: ${t("face_protected", { n: entry.protected_against })}`;
+      }
+      item.append(detail);
+    }
+    list.append(item);
+  }
+}
+
 const TOOL_STATUS_CLASS = { protected: "ok", "not protected": "bad" };
 
 // Which face-swap tools the result is protected against: faces before → after and the verdict.
@@ -403,6 +487,7 @@ function renderTools(tools) {
     row.cells[0].textContent = tool.title;
     if (tool.stand_in) row.cells[0].title = t("stand_in", { note: tool.stand_in });
     row.cells[1].textContent = `${count(tool.faces_before)} → ${count(tool.faces_after)}`;
+    row.cells[1].className = "col-total";
     renderDeliveries(row.cells[2], tool.deliveries || {});
     const status = `tool_${tool.status.replaceAll(" ", "_")}`;
     row.cells[3].textContent = t(status);
@@ -422,7 +507,7 @@ function renderDeliveries(cell, deliveries) {
     item.textContent = `${t(`delivery_${chain}`)} ${tally.faces_before} → ${tally.faces_after}`;
     const notes = [];
     const found = [...new Set(tally.faces_found.flat())].map((index) => index + 1);
-    if (found.length) notes.push(t("faces_found", { faces: found.join(", ") }));
+    if (found.length) notes.push(t("faces_still_found", { faces: found.join(", ") }));
     if (tally.other_detections) notes.push(t("other_detections", { count: tally.other_detections }));
     item.title = notes.join("; ");
     if (tally.faces_after) item.classList.add("bad");
