@@ -156,7 +156,7 @@ def _with_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelP
     return prepared
 
 
-def _probe_shapes(
+def probe_shapes(
     model: onnx.ModelProto, graph_input: str, batch: int, height: int, width: int
 ) -> dict[str, tuple[int | None, ...]]:
     """Every tensor's shape for one concrete input size (None for a dimension not inferred)."""
@@ -186,7 +186,7 @@ def _make_input_sizes_live(model: onnx.ModelProto, graph_input: str) -> None:
 
     See the module docstring for why and how.
     """
-    probes = [_probe_shapes(model, graph_input, *probe) for probe in _PROBES]
+    probes = [probe_shapes(model, graph_input, *probe) for probe in _PROBES]
     constants = {init.name: init for init in model.graph.initializer}
     for index, node in enumerate(model.graph.node):
         sizes = node.input[3] if node.op_type == "Resize" and len(node.input) > 3 else ""

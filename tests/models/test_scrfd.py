@@ -13,7 +13,7 @@ from torchvision.ops import box_iou
 
 from deepguard.models.base import image_to_tensor
 from deepguard.models.onnx import OnnxModule
-from deepguard.models.scrfd.predictor import SCRFD500M, WEIGHT_FILE, load
+from deepguard.models.scrfd.predictor import WEIGHT_FILE, SCRFDDetector, load
 from tests.conftest import read_rgb, weight_file
 
 DET_SIZE = 640
@@ -27,7 +27,7 @@ PARITY_PHOTOS = [
 
 
 @pytest.fixture(scope="module")
-def scrfd(weights_dir: Path) -> SCRFD500M:
+def scrfd(weights_dir: Path) -> SCRFDDetector:
     return load({WEIGHT_FILE: weight_file(weights_dir, WEIGHT_FILE)})
 
 
@@ -68,7 +68,7 @@ def letterbox(rgb: np.ndarray) -> tuple[np.ndarray, float]:
 
 @pytest.mark.parametrize(("folder", "photo", "faces"), PARITY_PHOTOS)
 def test_matches_insightface(
-    scrfd: SCRFD500M,
+    scrfd: SCRFDDetector,
     insightface_detector,
     request: pytest.FixtureRequest,
     folder: str,
@@ -90,7 +90,7 @@ def test_matches_insightface(
     assert np.abs(ours.scores[match.numpy()] - ref_scores).max() <= 0.01
 
 
-def test_finds_faces_at_native_size(scrfd: SCRFD500M, media_dir: Path) -> None:
+def test_finds_faces_at_native_size(scrfd: SCRFDDetector, media_dir: Path) -> None:
     found = scrfd.detect(read_rgb(media_dir / "lp_s0.jpg"))  # 600×704, padded to 608×704
     assert len(found) == 1
     x1, y1, x2, y2 = found.boxes[0]
@@ -99,7 +99,7 @@ def test_finds_faces_at_native_size(scrfd: SCRFD500M, media_dir: Path) -> None:
     assert len(scrfd.detect(read_rgb(media_dir / "fdlite_group.jpg"))) >= 6
 
 
-def test_batch_of_two_equals_two_single_runs(scrfd: SCRFD500M, media_dir: Path) -> None:
+def test_batch_of_two_equals_two_single_runs(scrfd: SCRFDDetector, media_dir: Path) -> None:
     """The graph's heads put the batch behind rows and columns; images must not mix."""
     images = [
         cv2.resize(read_rgb(media_dir / name), (320, 256))
@@ -116,7 +116,7 @@ def test_batch_of_two_equals_two_single_runs(scrfd: SCRFD500M, media_dir: Path) 
 
 
 def test_scores_are_the_graph_outputs_laid_out_per_image(
-    scrfd: SCRFD500M, weights_dir: Path
+    scrfd: SCRFDDetector, weights_dir: Path
 ) -> None:
     """At batch 1 the graph's own Sigmoid outputs, in insightface's order, are our scores."""
     graph = OnnxModule(onnx.load(weight_file(weights_dir, WEIGHT_FILE)))
@@ -129,7 +129,7 @@ def test_scores_are_the_graph_outputs_laid_out_per_image(
     assert dense.boxes.shape == (1, len(probabilities), 4)
 
 
-def test_features_are_backbone_strides_8_16_32(scrfd: SCRFD500M) -> None:
+def test_features_are_backbone_strides_8_16_32(scrfd: SCRFDDetector) -> None:
     with torch.no_grad():
         features = scrfd.features(torch.rand(1, 3, 96, 64) * 255)
     assert list(features) == ["backbone.stride8", "backbone.stride16", "backbone.stride32"]
@@ -161,3 +161,63 @@ def test_insightface_finds_the_face_before_protection_and_none_after(
         cv2.imencode(".jpg", delivered, [cv2.IMWRITE_JPEG_QUALITY, 75])[1], 1
     )
     assert insightface_detector.get(recompressed) == []
+
+
+def _renamed(model: onnx.ModelProto, prefix: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose every tensor, node and initialiser carries another name."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    for node in graph.node:
+        node.name = prefix + node.name
+        node.input[:] = [prefix + name if name else name for name in node.input]
+        node.output[:] = [prefix + name for name in node.output]
+    for collection in (graph.initializer, graph.input, graph.output, graph.value_info):
+        for item in collection:
+            item.name = prefix + item.name
+    return copy
+
+
+def test_another_scrfd_graph_is_read_by_its_structure_not_its_tensor_names(
+    scrfd: SCRFDDetector, weights_dir: Path, tmp_path: Path
+) -> None:
+    """Another SCRFD export (det_10g.onnx, FaceFusion's re-exports) names its tensors its own
+    way: the backbone outputs are the tensors the neck's lateral convolutions read."""
+    model = onnx.load(weight_file(weights_dir, WEIGHT_FILE))
+    path = tmp_path / "det_10g.onnx"
+    onnx.save(_renamed(model, "other/"), path)
+    other = load({"det_10g.onnx": path}, file="det_10g.onnx", name="scrfd_10g")
+    assert other.name == "scrfd_10g"
+    assert other.net.feature_tensors == {
+        name: "other/" + tensor for name, tensor in scrfd.net.feature_tensors.items()
+    }
+    assert list(scrfd.net.feature_tensors.values()) == ["324", "336", "372"]
+    x = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(1)) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(other.dense(x).logits, scrfd.dense(x).logits)
+        for mine, theirs in zip(other.features(x).values(), scrfd.features(x).values(),
+                                strict=True):  # fmt: skip
+            torch.testing.assert_close(mine, theirs)
+
+
+def test_a_graph_fed_bgr_sees_the_channels_swapped(scrfd: SCRFDDetector, weights_dir: Path) -> None:
+    """FaceFusion feeds its retinaface_10g.onnx (an SCRFD-10G re-export) BGR pixels as they are."""
+    path = weight_file(weights_dir, WEIGHT_FILE)
+    bgr = load({WEIGHT_FILE: path}, name="retinaface_10g", channels="bgr")
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(2)) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(bgr.dense(x).logits, scrfd.dense(x.flip(1)).logits)
+    with pytest.raises(ValueError, match="channels"):
+        load({WEIGHT_FILE: path}, channels="gray")
+
+
+def test_a_graph_without_a_feature_pyramid_is_refused(weights_dir: Path) -> None:
+    from deepguard.models.scrfd.net import neck_inputs
+
+    model = onnx.load(weight_file(weights_dir, WEIGHT_FILE))
+    for node in model.graph.node:  # no upsampling: no top-down path to read the levels from
+        if node.op_type == "Resize":
+            node.op_type = "Identity"
+            del node.input[1:]
+    with pytest.raises(ValueError, match="backbone levels"):
+        neck_inputs(model)

@@ -1,5 +1,5 @@
 """SCRFD-500M (insightface), rebuilt in PyTorch from its ONNX graph."""
 
-from deepguard.models.scrfd.predictor import SCRFD500M, load
+from deepguard.models.scrfd.predictor import SCRFDDetector, load
 
-__all__ = ["SCRFD500M", "load"]
+__all__ = ["SCRFDDetector", "load"]

@@ -1,4 +1,6 @@
-"""SCRFD-500M (insightface's buffalo_s/buffalo_sc detector) as a :class:`FaceDetector`.
+"""SCRFD graphs as a :class:`FaceDetector`: SCRFD-500M (insightface's buffalo_s/buffalo_sc
+detector), SCRFD-10G (buffalo_l's ``det_10g.onnx``, what roop, Deep-Live-Cam, LivePortrait and
+SimSwap run) and FaceFusion's ``retinaface_10g.onnx`` (an SCRFD-10G re-export fed BGR).
 
 Decoding follows insightface's ``model_zoo/scrfd.py``: the net takes RGB normalised as
 ``(x − 127.5) / 128``; insightface letterboxes the image into a black canvas at top-left,
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deepguard.models.base import DensePrediction, FaceDetector, LogitMap, cell_grid
+from deepguard.models.base import DensePrediction, FaceDetector, LogitMap, cell_grid, rgb_to_bgr
 from deepguard.models.onnx import graph_file
 from deepguard.models.scrfd.net import ANCHORS_PER_CELL, STRIDES, SCRFDHeads, SCRFDNet
 
@@ -30,8 +32,9 @@ INPUT_MEAN = 127.5
 INPUT_STD = 128.0
 
 
-class SCRFD500M(FaceDetector):
-    """SCRFD-500M with insightface's defaults (score 0.5, NMS IoU 0.4)."""
+class SCRFDDetector(FaceDetector):
+    """An SCRFD graph with insightface's defaults (score 0.5, NMS IoU 0.4). ``bgr``: the graph
+    is fed the picture in BGR order (FaceFusion's re-exports), not RGB (insightface's)."""
 
     name = "scrfd_500m"
     score_threshold = 0.5
@@ -41,18 +44,21 @@ class SCRFD500M(FaceDetector):
     #: bench/passes.py, 2-core CPU, 2026-12-07: 0.60x and 0.77x the NCHW pass
     channels_last_on_cpu = True
 
-    def __init__(self, net: SCRFDNet) -> None:
+    def __init__(self, net: SCRFDNet, name: str = "scrfd_500m", bgr: bool = False) -> None:
         super().__init__()
         self.net = net
+        self.name = name
+        self.bgr = bgr
         self._centres: dict[tuple[int, int, torch.device], list[Tensor]] = {}
 
-    @staticmethod
-    def preprocess(x: Tensor) -> Tensor:
+    def preprocess(self, x: Tensor) -> Tensor:
         """RGB 0..255 → padded bottom/right with black to a multiple of 32, then normalised."""
         pad_h = (-x.shape[-2]) % DIVISOR
         pad_w = (-x.shape[-1]) % DIVISOR
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), value=0.0)
+        if self.bgr:
+            x = rgb_to_bgr(x)
         return (x - INPUT_MEAN) / INPUT_STD
 
     def _run(self, x: Tensor) -> tuple[Tensor, SCRFDHeads]:
@@ -94,10 +100,18 @@ def distance_to_box(centres: Tensor, distances: Tensor) -> Tensor:
     return torch.cat([centres - distances[..., :2], centres + distances[..., 2:]], dim=-1)
 
 
-def load(weights: Mapping[str, Path] | None, **options: object) -> SCRFD500M:
-    """SCRFD-500M from its ONNX graph."""
-    path = graph_file("scrfd_500m", weights, WEIGHT_FILE, options)
-    detector = SCRFD500M(SCRFDNet.from_file(path))
+def load(
+    weights: Mapping[str, Path] | None,
+    file: str = WEIGHT_FILE,
+    name: str = "scrfd_500m",
+    channels: str = "rgb",
+) -> SCRFDDetector:
+    """An SCRFD detector from its ONNX graph ``file``, registered as ``name``, fed ``channels``
+    ("rgb" as insightface does, "bgr" as FaceFusion does)."""
+    if channels not in ("rgb", "bgr"):
+        raise ValueError(f"{name}: channels must be 'rgb' or 'bgr', got {channels!r}")
+    path = graph_file(name, weights, file, {})
+    detector = SCRFDDetector(SCRFDNet.from_file(path), name, channels == "bgr")
     detector.eval()
     detector.requires_grad_(False)
     return detector
