@@ -3,8 +3,10 @@
 A face climbs the ε ladder only as far as some covered tool still found it
 (:mod:`~deepguard.attack.budget`), so faces in one picture end on different rungs. The report
 says per face: the rung (its level, and whether the texture floor was lifted), the largest
-change actually written on it, PSNR and SSIM of the face crop (its box grown by 20 %), and
-per delivery the covered tools that still find it and those it is protected against.
+change the perturbation makes on it (at most the rung: the L∞ size after the shrink, before
+the file's own codec), PSNR and SSIM of the face crop (its box grown by 20 %) on the saved
+file, and per delivery the covered tools that still find it and those it is protected
+against.
 """
 
 from __future__ import annotations
@@ -36,22 +38,24 @@ def face_rows(
     faces: Sequence[Face],
     rungs: Sequence[Rung],
     clean: np.ndarray,
-    protected: np.ndarray,
+    perturbed: np.ndarray,
+    saved: np.ndarray,
     tools: Sequence[dict],
 ) -> list[dict]:
-    """One row per protected face of a photo (``tools``: the report's tool rows)."""
+    """One row per protected face of a photo: ``perturbed`` is the picture before the file's
+    codec, ``saved`` the file's pixels; ``tools`` the report's tool rows."""
     rows = []
     height, width = clean.shape[:2]
     for index, (face, rung) in enumerate(zip(faces, rungs, strict=True)):
         rows_slice, cols_slice = face_crop(face, height, width)
-        before, after = clean[rows_slice, cols_slice], protected[rows_slice, cols_slice]
-        changed = np.abs(before.astype(np.int16) - after.astype(np.int16))
+        before, after = clean[rows_slice, cols_slice], saved[rows_slice, cols_slice]
+        changed = np.abs(before.astype(np.int16) - perturbed[rows_slice, cols_slice])
         rows.append(
             {
                 **face.to_report(),
                 "epsilon": rung.level,
                 "texture_floor_lifted": rung.flat,
-                "max_change": int(changed.max()) if changed.size else 0,
+                "linf": int(changed.max()) if changed.size else 0,
                 "psnr_db": report_psnr(before, after),
                 "ssim": round(ssim(before, after), 4),
                 "deliveries": _deliveries(index, tools),

@@ -86,7 +86,7 @@ class PhotoProtector:
             "weights": self._weight_digests(),
             # the faces protected (found on the clean input): boxes in its pixels, the ε each
             # got, its crop's quality, and per delivery whom it is protected against
-            "faces": face_rows(faces, rungs, clean, protected, tools),
+            "faces": face_rows(faces, rungs, clean, result.frames[0], protected, tools),
             "epsilon": epsilon_summary(rungs, self.config.epsilon),
             "delivery": list(self.config.deliver),
             "detectors": {
