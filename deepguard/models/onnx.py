@@ -17,7 +17,9 @@ detectors need on top:
   batch is rewritten in the ONNX proto to ONNX's "copy this dimension" (0). Which dimension
   is the batch is found by shape inference at two batch sizes, never guessed. A Reshape to a
   fully fixed shape that depends on the image size, or a Resize to constant sizes, would bake
-  the export size in; such graphs are refused with a ``ValueError`` at load time.
+  the export size in; such graphs are refused with a ``ValueError`` at load time, unless the
+  graph declares a fixed input size (YOLOv8 exports: 640×640), which its detector then pads
+  every picture to (:func:`fixed_input_size`).
 """
 
 from __future__ import annotations
@@ -181,12 +183,24 @@ def probe_shapes(
     return shapes
 
 
+def fixed_input_size(model: onnx.ModelProto) -> tuple[int, int] | None:
+    """The (height, width) the graph's input declares, when both are fixed numbers."""
+    (value,) = (v for v in model.graph.input if v.name == input_name(model))
+    dims = value.type.tensor_type.shape.dim
+    if len(dims) != 4 or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[2:]):
+        return None
+    return dims[2].dim_value, dims[3].dim_value
+
+
 def _make_input_sizes_live(model: onnx.ModelProto, graph_input: str) -> None:
     """Make Reshape targets follow the live batch, in place; refuse baked image sizes.
 
-    See the module docstring for why and how.
+    See the module docstring for why and how. A graph with a fixed input size is probed at
+    that size only (two batch sizes), so its size-dependent Reshape targets stay as they are.
     """
-    probes = [probe_shapes(model, graph_input, *probe) for probe in _PROBES]
+    fixed = fixed_input_size(model)
+    inputs = _PROBES if fixed is None else ((2, *fixed), (3, *fixed), (2, *fixed))
+    probes = [probe_shapes(model, graph_input, *probe) for probe in inputs]
     constants = {init.name: init for init in model.graph.initializer}
     for index, node in enumerate(model.graph.node):
         sizes = node.input[3] if node.op_type == "Resize" and len(node.input) > 3 else ""
@@ -198,7 +212,7 @@ def _make_input_sizes_live(model: onnx.ModelProto, graph_input: str) -> None:
         shapes = [probe.get(node.input[0]) for probe in probes]
         if any(shape is None or None in shape for shape in shapes):
             continue  # shape inference could not follow this far: leave the node as exported
-        batched = [shape[0] for shape in shapes[:2]] == [batch for batch, _, _ in _PROBES[:2]]
+        batched = [shape[0] for shape in shapes[:2]] == [batch for batch, _, _ in inputs[:2]]
         if batched and target.size > 1 and target[0] == 1:
             target[0] = 0
             name = f"{node.input[1]}__live_batch_{index}"

@@ -20,6 +20,7 @@ import yaml
 
 from deepguard.errors import DeepguardError
 from deepguard.models.base import FaceDetector
+from deepguard.models.catalogue import tool_weights
 from deepguard.models.store import WeightFile, WeightStore
 
 
@@ -51,6 +52,14 @@ class DetectorSpec:
         return detector
 
 
+def _weight_file(entry: dict[str, Any]) -> WeightFile:
+    """A ``files:`` entry: pinned here, or ``{catalogue: NAME}``, one of the tools' own files
+    pinned (with its size and sources) in ``configs/tool_weights.yaml``."""
+    if "catalogue" in entry:
+        return tool_weights()[entry["catalogue"]].file
+    return WeightFile(**entry)
+
+
 @cache
 def detector_specs() -> dict[str, DetectorSpec]:
     """All registry entries, in the order of ``configs/detectors.yaml``."""
@@ -61,7 +70,7 @@ def detector_specs() -> dict[str, DetectorSpec]:
             name=name,
             description=entry["description"],
             factory=entry["factory"],
-            files=tuple(WeightFile(**file) for file in entry["files"]),
+            files=tuple(_weight_file(file) for file in entry["files"]),
             options=entry.get("options") or {},
             shipped=entry.get("shipped", True),
             manifest=entry.get("manifest"),

@@ -145,12 +145,14 @@ class RetinaFace(nn.Module):
 
     Outputs are N×A×4 box offsets, N×A×2 (background, face) logits and N×A×10 landmark
     offsets, with priors ordered level by level, row by row, cell by cell, anchor by anchor.
+    ``body`` returns the three levels (strides 8, 16, 32) with ``body.out_channels`` channels;
+    MobileNet-0.25 by default (the ResNet-50 one is :mod:`deepguard.models.retinaface_r50`).
     """
 
-    def __init__(self, out_channels: int = 64) -> None:
+    def __init__(self, out_channels: int = 64, body: nn.Module | None = None) -> None:
         super().__init__()
-        self.body = MobileNetV1Body()
-        self.fpn = FPN(MobileNetV1Body.out_channels, out_channels)
+        self.body = body if body is not None else MobileNetV1Body()
+        self.fpn = FPN(self.body.out_channels, out_channels)
         self.ssh1 = SSH(out_channels, out_channels)
         self.ssh2 = SSH(out_channels, out_channels)
         self.ssh3 = SSH(out_channels, out_channels)
