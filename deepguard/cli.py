@@ -7,6 +7,7 @@ Each subcommand is a small function; errors caused by input or environment
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import signal
@@ -33,7 +34,22 @@ def _models_list(args: argparse.Namespace) -> int:
         print(f"{spec.name:<16} {status:<30} {spec.description}")
         if spec.licence:
             print(f"{'':<16} {'':<30} licence: {spec.licence}")
+    _list_tool_weights(store)
     return 0
+
+
+def _list_tool_weights(store) -> None:
+    """The tools' own detector files (configs/tool_weights.yaml): hash, size, whether here."""
+    from deepguard.models.catalogue import tool_weights
+
+    print("\nthe face-swap tools' own detector files (deepguard models fetch --tools):")
+    print(f"{'file':<30} {'status':<18} {'sha256':<14} {'MB':>6}  run by")
+    for entry in tool_weights().values():
+        state, _ = store.status(entry.file)
+        size = f"{entry.file.size / 1e6:.1f}" if entry.file.size else "?"
+        print(f"{entry.file.name:<30} {state.value:<18} {entry.file.sha256[:12] + '…':<14} "
+              f"{size:>6}  {entry.tools}")  # fmt: skip
+        print(f"{'':<30} {'':<18} detector {entry.detector}; licence: {entry.licence}")
 
 
 def _selected_specs(names: Sequence[str]):
@@ -45,6 +61,8 @@ def _selected_specs(names: Sequence[str]):
 def _models_fetch(args: argparse.Namespace) -> int:
     from deepguard.models.store import WeightError, WeightStore
 
+    if args.tools:
+        return _fetch_tool_weights(args.names)
     store = WeightStore()
     failures = 0
     for spec in _selected_specs(args.names):
@@ -55,6 +73,33 @@ def _models_fetch(args: argparse.Namespace) -> int:
             except WeightError as error:
                 failures += 1
                 print(f"{spec.name}: {error}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _fetch_tool_weights(names: Sequence[str]) -> int:
+    """``models fetch --tools [FILE...]``: the catalogue's files, each verified; its licence
+    printed when it arrives."""
+    from deepguard.models.catalogue import fetch, tool_weights
+    from deepguard.pipeline.tool_weights import progress_bars
+
+    catalogue = tool_weights()
+    unknown = [name for name in names if name not in catalogue]
+    if unknown:
+        raise DeepguardError(
+            f"not in the tools' catalogue: {', '.join(unknown)}; known: {', '.join(catalogue)}"
+        )
+    chosen = [catalogue[name] for name in names] if names else list(catalogue.values())
+    failures = 0
+    for result in fetch(chosen, progress=progress_bars(sys.stderr)):
+        entry = result.entry
+        if result.error:
+            failures += 1
+            print(f"{entry.file.name}: {result.error}", file=sys.stderr)
+            continue
+        how = "fetched and verified" if result.new else "ok"
+        print(f"{entry.file.name} {how} ({result.path}): {entry.tools}")
+        if result.new:
+            print(f"  licence: {entry.licence}")
     return 1 if failures else 0
 
 
@@ -102,6 +147,7 @@ def _protect(args: argparse.Namespace) -> int:
     from deepguard.pipeline.jobs import JobStore, TrackedJob
     from deepguard.pipeline.protect import ProtectOptions, Protector
     from deepguard.pipeline.targets import plan_targets
+    from deepguard.pipeline.tool_weights import prepare_tool_weights
     from deepguard.settings import get_settings
 
     config = _attack_config(args)
@@ -114,6 +160,8 @@ def _protect(args: argparse.Namespace) -> int:
         Path(args.report) if args.report else None,
         args.overwrite,
     )
+    # before the first job: the tools' own detector files this preset attacks, once
+    prepare_tool_weights([config], out=io.StringIO() if args.quiet else sys.stderr)
     protector = Protector(config)
     store = JobStore(get_settings().job_db_path)
     parameters = config.model_dump(mode="json")
@@ -195,11 +243,18 @@ def _tool_verdict(rows: list[dict]) -> str:
         if row["status"] == "not protected":
             name += f" ({_failures(row)})"
         groups.setdefault(row["status"], []).append(name)
-    return "; ".join(
+    parts = [
         f"{_TOOL_GROUPS.get(status, status)}: {', '.join(names)}"
         for status, names in groups.items()
         if names
-    )
+    ]
+    judged = [row for row in rows if row["status"] != "not covered" and "weights" in row]
+    own = [row["title"] for row in judged if row["weights"] == "own weights"]
+    if own:
+        parts.append(f"judged on their own detectors: {', '.join(own)}")
+    if judged and len(own) < len(judged):
+        parts.append("the rest on stand-ins" if own else "judged on stand-ins")
+    return "; ".join(parts)
 
 
 def _failures(row: dict) -> str:
@@ -224,17 +279,19 @@ def _eval(args: argparse.Namespace) -> int:
 
     from deepguard.attack.config import load_preset
     from deepguard.attack.delivery import parse_chains
-    from deepguard.attack.profiles import enabled_profiles
+    from deepguard.attack.profiles import judged_profiles
+    from deepguard.models.catalogue import present
     from deepguard.models.registry import detector_specs, load_detector
     from deepguard.models.store import WeightError
     from deepguard.pipeline.evaluate import evaluate, format_table, pair_files
     from deepguard.settings import get_settings
 
     pairs = pair_files(Path(args.clean), Path(args.protected))
-    preset = load_preset(args.preset)
+    here = present()  # the tools' own detector files: each tool is judged on its own where here
+    preset = load_preset(args.preset).with_tool_weights(here)
     chains = parse_chains(args.deliver or preset.deliver)
     ensemble = set(_split(args.ensemble) or preset.detectors)
-    profiles = enabled_profiles(preset.tools, preset.extra_tools)
+    profiles = judged_profiles(preset.tools, preset.extra_tools, ensemble | here)
     names = _split(args.detectors) or [n for n, s in detector_specs().items() if s.shipped]
     device = get_settings().resolved_device()
     loaded = {}  # every detector once, for the detector table and the tools' looks
@@ -266,17 +323,20 @@ def _watch(args: argparse.Namespace) -> int:
     from deepguard.pipeline.jobs import JobStore
     from deepguard.pipeline.metrics import Metrics
     from deepguard.pipeline.protect import Protector
+    from deepguard.pipeline.tool_weights import prepare_tool_weights
     from deepguard.pipeline.watch import WatchFolder
     from deepguard.settings import get_settings
 
     settings = get_settings()
     _check_ray_address()
+    config = _attack_config(args)
+    prepare_tool_weights([config], settings)  # at start: the tools' own files it attacks
     store = JobStore(settings.job_db_path)
     metrics = Metrics(store)
     if args.metrics_port:
         metrics.serve(args.metrics_port, settings.host)
     watcher = WatchFolder(
-        Path(args.input), Path(args.output), Protector(_attack_config(args), settings),
+        Path(args.input), Path(args.output), Protector(config, settings),
         store, settings, metrics,
     )  # fmt: skip
     if args.once:
@@ -618,7 +678,15 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = model_commands.add_parser(
         "fetch", help="download missing weights (all detectors, or the ones named)"
     )
-    fetch.add_argument("names", nargs="*", metavar="NAME", help="detector names (default: all)")
+    fetch.add_argument(
+        "names", nargs="*", metavar="NAME",
+        help="detector names (default: all); with --tools, catalogue file names",
+    )  # fmt: skip
+    fetch.add_argument(
+        "--tools", action="store_true",
+        help="the face-swap tools' own detector files (configs/tool_weights.yaml), from the "
+        "mirror (DEEPGUARD_WEIGHTS_BASE_URL) or their public sources, verified by sha256",
+    )  # fmt: skip
     fetch.set_defaults(handler=_models_fetch)
     verify = model_commands.add_parser(
         "verify", help="check local weights against their pinned sha256"
@@ -642,6 +710,8 @@ def _is_loopback(host: str) -> bool:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from deepguard.attack.config import load_preset, preset_names
+    from deepguard.pipeline.tool_weights import prepare_tool_weights
     from deepguard.settings import get_settings
     from deepguard.web.app import create_app
 
@@ -654,6 +724,8 @@ def _serve(args: argparse.Namespace) -> int:
             "DEEPGUARD_API_TOKEN, or pass --no-token if a proxy in front authenticates"
         )
     _check_ray_address()
+    # at start: the tools' own files that any preset attacks
+    prepare_tool_weights([load_preset(name) for name in preset_names()], settings)
     logging.getLogger("deepguard").setLevel(logging.INFO)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 proxy_headers=True, log_level="info")  # fmt: skip

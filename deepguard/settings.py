@@ -55,6 +55,25 @@ class Settings(BaseSettings):
     download_timeout_s: float = Field(
         default=60.0, validation_alias=AliasChoices("DEEPGUARD_DOWNLOAD_TIMEOUT")
     )
+    tool_weights: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("DEEPGUARD_TOOL_WEIGHTS"),
+        description="Before the first job, fetch the face-swap tools' own detector files the "
+        "preset attacks (configs/tool_weights.yaml); off: judge on what is here already.",
+    )
+    tool_weights_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DEEPGUARD_TOOL_WEIGHTS_FILE"),
+        description="Extra or replacement entries for the tools' detector files (YAML, the "
+        "shape of configs/tool_weights.yaml).",
+    )
+    tool_weights_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        validation_alias=AliasChoices("DEEPGUARD_TOOL_WEIGHTS_TIMEOUT"),
+        description="Seconds the first-use fetch waits for a silent network before the run "
+        "goes on with stand-ins.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", validation_alias=AliasChoices("DEEPGUARD_DEVICE")
     )

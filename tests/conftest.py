@@ -16,6 +16,9 @@ SHARED = Path(os.environ.get("DEEPGUARD_SHARED_DIR", REPO_ROOT.parent / "shared"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 # the product reads weights through its settings; point them at the shared folder by default
 os.environ.setdefault("DEEPGUARD_WEIGHTS_DIR", str(SHARED / "weights"))
+# no test reaches the internet: the first-use fetch of the tools' own detector files is off
+# (tests/test_tool_weights.py turns it on against a local server)
+os.environ.setdefault("DEEPGUARD_TOOL_WEIGHTS", "off")
 # job store, uploads and results of the code under test go to a throwaway folder
 if "DEEPGUARD_DATA_DIR" not in os.environ:
     _DATA_DIR = tempfile.mkdtemp(prefix="deepguard-test-data-")

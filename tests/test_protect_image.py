@@ -317,6 +317,13 @@ def test_tool_summary_names_counts_only_where_protection_failed() -> None:
         },
     }  # fmt: skip
     assert _tool_verdict([per_delivery]) == "not protected: LivePortrait (sns 2→1, face 2)"
+    # which tools were judged on their own detector files, which on stand-ins
+    own = [{**rows[0], "weights": "own weights"}, {**rows[2], "weights": "stand-in: retinaface"},
+           {**rows[3], "weights": "stand-in: mtcnn"}]  # fmt: skip
+    assert _tool_verdict(own).endswith(
+        "; judged on their own detectors: roop; the rest on stand-ins"
+    )
+    assert _tool_verdict(own[1:]).endswith("; judged on stand-ins")
 
 
 @pytest.mark.slow

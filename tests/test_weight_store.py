@@ -171,9 +171,15 @@ def test_models_list_shows_the_licence_of_restricted_weights(
     assert specs["yolo5face_n05"].licence.startswith("GPL-3.0")
     assert specs["retinaface"].licence is None
     assert main(["models", "list"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    detectors, _, catalogue = out.partition("the face-swap tools' own detector files")
+    lines = detectors.splitlines()
     scrfd = next(i for i, line in enumerate(lines) if line.startswith("scrfd_500m "))
     assert "licence: InsightFace pretrained models: non-commercial" in lines[scrfd + 1]
     assert sum("licence:" in line for line in lines) == sum(
         spec.licence is not None for spec in specs.values()
     )
+    # every file of the tools' catalogue says its licence too
+    from deepguard.models.catalogue import tool_weights
+
+    assert catalogue.count("licence:") == len(tool_weights())

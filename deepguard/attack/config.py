@@ -6,6 +6,7 @@ the API. Budgets (``epsilon``, ``step``) are in 8-bit pixel levels: ``epsilon: 8
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from importlib import resources
 from typing import Any, Literal
 
@@ -135,6 +136,20 @@ class AttackConfig(BaseModel):
     detectors: list[str] = Field(min_length=1)
     detector_weights: dict[str, float] = Field(
         default_factory=dict, description="relative weight per detector (default 1 each)"
+    )
+    own_weights: dict[str, str] = Field(
+        default_factory=dict,
+        description="stand-in → the tools' own detector (configs/tool_weights.yaml) attacked "
+        "in its place when that file is here (white-box against what the tools run)",
+    )
+    own_weights_join: list[str] = Field(
+        default_factory=list,
+        description="the tools' own detectors attacked besides the ensemble when their file is "
+        "here",
+    )
+    own_weights_join_gpu: list[str] = Field(
+        default_factory=list,
+        description="the same, on a GPU only (the larger nets cost seconds a pass on a CPU)",
     )
     epsilon: float = Field(
         12.0,
@@ -397,9 +412,30 @@ class AttackConfig(BaseModel):
         return self.model_copy(update={"precision": precision})
 
     def with_overrides(self, **overrides: Any) -> AttackConfig:
-        """A copy with the given non-None fields replaced, validated again."""
+        """A copy with the given non-None fields replaced, validated again. Detectors chosen
+        by hand are attacked as chosen: no own file takes a chosen stand-in's place."""
         changes = {key: value for key, value in overrides.items() if value is not None}
+        if "detectors" in changes:
+            for name in ("own_weights", "own_weights_join", "own_weights_join_gpu"):
+                changes.setdefault(name, type(getattr(self, name))())
         return parse_config({**self.model_dump(), **changes})
+
+    def with_tool_weights(self, present: Collection[str], gpu: bool = False) -> AttackConfig:
+        """The ensemble with the tools' own detectors whose files are here (``present``): in
+        place of their stand-ins (``own_weights``), and besides them (``own_weights_join``,
+        and ``own_weights_join_gpu`` on a GPU). Applying it twice changes nothing."""
+        detectors = [
+            self.own_weights[name] if self.own_weights.get(name) in present else name
+            for name in self.detectors
+        ]
+        joining = [*self.own_weights_join, *(self.own_weights_join_gpu if gpu else [])]
+        detectors += [name for name in joining if name in present]
+        detectors = list(dict.fromkeys(detectors))
+        if detectors == self.detectors:
+            return self
+        swapped = {k: v for k, v in self.own_weights.items() if v in present}
+        weights = {swapped.get(name, name): w for name, w in self.detector_weights.items()}
+        return self.model_copy(update={"detectors": detectors, "detector_weights": weights})
 
 
 def with_assignments(config: AttackConfig, assignments: list[str]) -> AttackConfig:

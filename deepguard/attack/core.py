@@ -38,7 +38,7 @@ from deepguard.attack.perturbation import (
     tensor_to_frames,
 )
 from deepguard.attack.precision import Autocast
-from deepguard.attack.profiles import enabled_profiles
+from deepguard.attack.profiles import judged_profiles
 from deepguard.attack.regions import Window, detector_views, face_windows
 from deepguard.attack.verification import (
     Faces,
@@ -141,7 +141,7 @@ class FacePoison:
         self.device = torch.device(device)
         self.detectors = list(detectors or load_detectors(config.detectors, str(self.device)))
         self.table = {detector.name: detector for detector in self.detectors}
-        self.profiles = enabled_profiles(config.tools, config.extra_tools)
+        self.profiles = judged_profiles(config.tools, config.extra_tools, self.table)
         self.chains = parse_chains(config.deliver)
         self.autocast = Autocast(config.precision, self.device)
         self.optimiser = Optimiser(config, self.table, self.autocast)

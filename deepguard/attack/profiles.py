@@ -7,6 +7,7 @@ the same shape named by ``DEEPGUARD_TOOLS_FILE``.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -33,6 +34,14 @@ class ToolProfile(BaseModel):
     runs: str = ""
     stand_in: str | None = None
     enabled: bool = True
+    #: stand-in → the tool's own detector (its very file, configs/tool_weights.yaml): judged
+    #: on that one instead wherever the attack holds it
+    own: dict[str, str] = Field(default_factory=dict)
+    #: stand-in → a nearer stand-in (the tool's own file is not public) used where attacked
+    closer: dict[str, str] = Field(default_factory=dict)
+    #: how this profile is judged: "own weights", or the stand-in note (set by
+    #: :meth:`judged_with`)
+    weights: str = ""
 
     @model_validator(mode="after")
     def _check(self) -> ToolProfile:
@@ -51,6 +60,32 @@ class ToolProfile(BaseModel):
             size = self.sizes[0]
             return [size / longest if longest >= 2 * size else 0.5]
         return [size / longest for size in self.sizes]
+
+    def judged_with(self, attacked: Collection[str]) -> ToolProfile:
+        """This profile as a run judges it: each stand-in replaced by the tool's own
+        detector, or by a nearer stand-in, where ``attacked`` holds that one (a tool is judged
+        on what the attack aims at, so its coverage does not depend on which files are here);
+        ``weights`` says which."""
+        detectors, own = [], []
+        for name in self.detectors:
+            if self.own.get(name) in attacked:
+                detectors.append(self.own[name])
+                own.append(self.own[name])
+            elif self.closer.get(name) in attacked:
+                detectors.append(self.closer[name])
+            else:
+                detectors.append(name)
+        stand_ins = [n for n in detectors if n not in own]
+        if not stand_ins:
+            note, stand_in = "own weights", None
+        elif own:
+            note = f"own weights ({', '.join(own)}); stand-in for the rest: {', '.join(stand_ins)}"
+            stand_in = self.stand_in
+        else:
+            note, stand_in = f"stand-in: {', '.join(stand_ins)}", self.stand_in
+        return self.model_copy(
+            update={"detectors": tuple(detectors), "weights": note, "stand_in": stand_in}
+        )
 
     def describe_resize(self) -> str:
         """For reports: "native", "longest side to 128 and 640", ..."""
@@ -92,6 +127,14 @@ def _profiles_from(extra: Path | None) -> dict[str, ToolProfile]:
 def tool_profiles() -> dict[str, ToolProfile]:
     """Every profile, built in and the operator's, in file order (disabled ones included)."""
     return _profiles_from(get_settings().tools_file)
+
+
+def judged_profiles(
+    names: list[str] | None, extra: list[str] | None, attacked: Collection[str]
+) -> list[ToolProfile]:
+    """:func:`enabled_profiles`, each as a run attacking ``attacked`` judges it
+    (:meth:`ToolProfile.judged_with`)."""
+    return [profile.judged_with(attacked) for profile in enabled_profiles(names, extra)]
 
 
 def enabled_profiles(

@@ -98,6 +98,8 @@ def tool_summary(
                 "threshold": profile.threshold,
                 "runs": profile.runs,
                 "stand_in": profile.stand_in,
+                # "own weights" where the tool's own detector file judged it, else its stand-in
+                "weights": profile.weights or ("stand-in" if profile.stand_in else "own weights"),
                 "covered": covered,
                 "faces_before": before,
                 "faces_after": after,

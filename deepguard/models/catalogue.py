@@ -10,13 +10,25 @@ out). :class:`~deepguard.models.store.WeightStore` does the fetching.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import yaml
 
-from deepguard.models.store import Archive, Source, WeightFile, WeightStatus, WeightStore
+from deepguard.errors import DeepguardError
+from deepguard.models.store import (
+    Archive,
+    DownloadProgress,
+    Source,
+    WeightError,
+    WeightFile,
+    WeightStatus,
+    WeightStore,
+)
+from deepguard.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -30,27 +42,52 @@ class ToolWeight:
     tools: str
 
 
-@cache
 def tool_weights() -> dict[str, ToolWeight]:
-    """The catalogue, by file name, in the order of ``configs/tool_weights.yaml``."""
+    """The catalogue, by file name, in the order of ``configs/tool_weights.yaml``; entries of
+    an operator's file of the same shape (``DEEPGUARD_TOOL_WEIGHTS_FILE``: a newer release,
+    an in-house mirror) add to it or replace the built-in ones of the same name."""
+    return _catalogue_from(get_settings().tool_weights_file)
+
+
+@cache
+def _catalogue_from(extra: Path | None) -> dict[str, ToolWeight]:
     text = resources.files("deepguard.configs").joinpath("tool_weights.yaml").read_text("utf-8")
-    table = yaml.safe_load(text)["files"]
+    catalogue = _parse(yaml.safe_load(text), "configs/tool_weights.yaml")
+    if extra is not None:
+        try:
+            table = yaml.safe_load(extra.read_text("utf-8"))
+        except (OSError, yaml.YAMLError) as error:
+            raise DeepguardError(
+                f"DEEPGUARD_TOOL_WEIGHTS_FILE {extra}: cannot read it: {error}"
+            ) from None
+        catalogue.update(_parse(table, str(extra)))
+    return catalogue
+
+
+def _parse(table: object, source: str) -> dict[str, ToolWeight]:
+    if not isinstance(table, dict) or not isinstance(table.get("files"), dict):
+        raise DeepguardError(f"{source}: expected a mapping with a 'files:' table")
     catalogue = {}
-    for name, entry in table.items():
-        sources = tuple(
-            Source(
-                source["url"],
-                Archive(**source["archive"]) if source.get("archive") else None,
+    for name, entry in table["files"].items():
+        try:
+            sources = tuple(
+                Source(
+                    source["url"],
+                    Archive(**source["archive"]) if source.get("archive") else None,
+                )
+                for source in entry["sources"]
             )
-            for source in entry["sources"]
-        )
-        catalogue[name] = ToolWeight(
-            file=WeightFile(name, entry["sha256"], size=entry["size"], sources=sources),
-            detector=entry["detector"],
-            title=entry["title"],
-            licence=entry["licence"],
-            tools=entry["tools"],
-        )
+            catalogue[name] = ToolWeight(
+                file=WeightFile(name, entry["sha256"], size=entry.get("size"), sources=sources),
+                detector=entry["detector"],
+                title=entry["title"],
+                licence=entry["licence"],
+                tools=entry["tools"],
+            )
+        except (KeyError, TypeError) as error:
+            raise DeepguardError(
+                f"{source}: file {name!r}: missing or wrong field {error}"
+            ) from None
     return catalogue
 
 
@@ -81,3 +118,38 @@ def present(store: WeightStore | None = None) -> set[str]:
                 found.add(entry.detector)
                 break
     return found
+
+
+@dataclass
+class Fetched:
+    """What :func:`fetch` did with one file: ``path`` (already here, or fetched now, then
+    ``new``), or the ``error`` every source gave."""
+
+    entry: ToolWeight
+    path: Path | None = None
+    new: bool = False
+    error: str | None = None
+
+
+def fetch(
+    entries: list[ToolWeight],
+    store: WeightStore | None = None,
+    timeout: float | None = None,
+    progress: Callable[[ToolWeight], DownloadProgress | None] | None = None,
+) -> list[Fetched]:
+    """Each of ``entries`` into the weight cache unless it is here already: the operator's
+    mirror first, then its sources in order, verified (:meth:`WeightStore.download`).
+    ``progress`` gives a callback per file for its download."""
+    store = store or WeightStore()
+    results = []
+    for entry in entries:
+        state, path = store.status(entry.file)
+        if state is WeightStatus.AVAILABLE:
+            results.append(Fetched(entry, path))
+            continue
+        try:
+            path = store.download(entry.file, timeout, progress(entry) if progress else None)
+            results.append(Fetched(entry, path, new=True))
+        except WeightError as error:
+            results.append(Fetched(entry, error=str(error)))
+    return results

@@ -14,6 +14,7 @@ from typing import Any
 from deepguard.attack.config import AttackConfig
 from deepguard.faults import fault_point
 from deepguard.fileio import remove_stale_partials
+from deepguard.models.catalogue import present as present_tool_detectors
 from deepguard.pipeline.photo import PhotoProtector, ProtectOptions
 from deepguard.progress import Progress
 from deepguard.settings import Settings, get_settings
@@ -32,7 +33,10 @@ class Protector:
         """``images_on_ray``: images too go to the Ray cluster (the dashboard's choice; the
         CLI and the watch folder protect images in their own process)."""
         self.settings = settings or get_settings()
-        self.config = config.with_default_precision(self.settings.precision)
+        gpu = self.settings.resolved_device().startswith("cuda")
+        self.config = config.with_default_precision(self.settings.precision).with_tool_weights(
+            present_tool_detectors(), gpu
+        )
         self.images_on_ray = images_on_ray
         self.photos = PhotoProtector(self.config, self.settings)
 

@@ -33,7 +33,7 @@ from deepguard.attack.config import AttackConfig
 from deepguard.attack.core import FacePoison
 from deepguard.attack.face_report import epsilon_summary
 from deepguard.attack.precision import resolve_precision
-from deepguard.attack.profiles import enabled_profiles
+from deepguard.attack.profiles import judged_profiles
 from deepguard.attack.tool_report import ToolCounts, tallies_of_counts, tool_summary
 from deepguard.errors import DeepguardError
 from deepguard.faults import fault_point
@@ -512,7 +512,8 @@ class _Run:
         """Per tool profile, faces on the clean frames (counted by the poison stage) → on the
         frames decoded from the written file (by the verify stage), and the verdict."""
         before, after = _per_tool(rows, "tools_before"), _per_tool(rows, "tools_after")
-        profiles = enabled_profiles(self.config.tools, self.config.extra_tools)
+        config = self.config
+        profiles = judged_profiles(config.tools, config.extra_tools, config.detectors)
         tallies = tallies_of_counts(before, after, "saved")
         return tool_summary(profiles, self.config.detectors, tallies)
 

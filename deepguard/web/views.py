@@ -117,7 +117,8 @@ def _tool_line(row: dict[str, Any]) -> dict[str, Any]:
     """One tool on the card: faces before → after, per delivery (the saved file, a shared
     copy...) and the verdict; ``stand_in`` says which of our detectors stands for the tool's
     own where its weights cannot be had."""
-    keys = ("tool", "title", "faces_before", "faces_after", "deliveries", "status", "stand_in")
+    keys = ("tool", "title", "faces_before", "faces_after", "deliveries", "status", "stand_in",
+            "weights")  # fmt: skip
     return {key: row.get(key) for key in keys}
 
 

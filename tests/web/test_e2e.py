@@ -282,7 +282,7 @@ def test_photo_end_to_end(browser, server: str, photo: Path, shots: Path, tmp_pa
     assert page.text_content("#job-state") == "Done"
     assert "retinaface" in page.text_content("#verdict-table")
     (title, note), _, (deliveries, _), (status, _) = _tool_cells(page, "faceswap")
-    assert title == "faceswap (GPU)" and note.startswith("Stand-in: RetinaFace")  # a tooltip
+    assert title == "faceswap (GPU)on a stand-in" and note.startswith("Stand-in: RetinaFace")
     assert status in {"Protected", "Not protected"}
     assert "as saved" in deliveries, deliveries
     assert _tool_cells(page, "deepfacelive")[3][0] == "Not covered"
@@ -348,7 +348,7 @@ def test_clip_end_to_end(browser, server: str, clip: Path, shots: Path, tmp_path
     frames = page.evaluate("""() => [...document.querySelectorAll('#figures dt')]
         .find((dt) => dt.textContent === 'Frames').nextElementSibling.textContent""")
     assert frames == "12"
-    assert _tool_cells(page, "faceswap")[0][0] == "faceswap (GPU)"
+    assert _tool_cells(page, "faceswap")[0][0] == "faceswap (GPU)on a stand-in"
     verdict = page.text_content("#verdict")
     assert "Not covered by the chosen detectors" in verdict and "roop" in verdict
     _assert_laid_out(page)

@@ -486,6 +486,12 @@ function renderTools(tools) {
     row.innerHTML = "<td></td><td></td><td></td><td></td>";
     row.cells[0].textContent = tool.title;
     if (tool.stand_in) row.cells[0].title = t("stand_in", { note: tool.stand_in });
+    if (tool.weights && tool.status !== "not covered") {
+      const weights = document.createElement("span");
+      weights.className = "weights";
+      weights.textContent = tool.weights === "own weights" ? t("weights_own") : t("weights_stand_in");
+      row.cells[0].append(weights);
+    }
     row.cells[1].textContent = `${count(tool.faces_before)} → ${count(tool.faces_after)}`;
     row.cells[1].className = "col-total";
     renderDeliveries(row.cells[2], tool.deliveries || {});
