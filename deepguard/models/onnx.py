@@ -57,7 +57,7 @@ class OnnxModule(nn.Module):
         super().__init__()
         graph_input = input_name(model)
         names = tuple(dict.fromkeys(graph_output_names(model) if outputs is None else outputs))
-        prepared = _with_outputs(model, names)
+        prepared = _with_outputs(_with_constants_as_initializers(model), names)
         _make_input_sizes_live(prepared, graph_input)
         self.input_name = graph_input
         self.output_names = names
@@ -115,6 +115,38 @@ def producer(model: onnx.ModelProto, tensor: str) -> onnx.NodeProto:
 
 def attributes(node: onnx.NodeProto) -> dict[str, object]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _with_constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy in which every Constant node holding a tensor, and every Identity of an
+    initialiser, is an initialiser under its output's name. Exporters write Reshape targets
+    as Constant nodes and share equal weights through Identity nodes (torch.onnx without
+    onnxsim, e.g. an ultralytics export); onnx2torch wants a Conv's weights to be initialisers,
+    and the batch rewrite below finds Reshape targets among them."""
+    constants = {init.name: init for init in model.graph.initializer}
+    folded: list[onnx.TensorProto] = []
+    kept: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        value = attributes(node).get("value") if node.op_type == "Constant" else None
+        if isinstance(value, onnx.TensorProto):
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value)
+        elif node.op_type == "Identity" and node.input[0] in constants:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(constants[node.input[0]])
+        else:
+            kept.append(node)
+            continue
+        tensor.name = node.output[0]
+        folded.append(tensor)
+    if not folded:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.node[:]
+    copy.graph.node.extend(kept)
+    copy.graph.initializer.extend(folded)
+    return copy
 
 
 def _with_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
@@ -197,32 +229,43 @@ def _make_input_sizes_live(model: onnx.ModelProto, graph_input: str) -> None:
 
     See the module docstring for why and how. A graph with a fixed input size is probed at
     that size only (two batch sizes), so its size-dependent Reshape targets stay as they are.
+    A target of ``[1, C, -1]`` lets the batch flow into the last dimension, which hides it
+    from the Reshapes after it; so the shapes are inferred again after each round of
+    rewrites, until none is left.
     """
     fixed = fixed_input_size(model)
     inputs = _PROBES if fixed is None else ((2, *fixed), (3, *fixed), (2, *fixed))
-    probes = [probe_shapes(model, graph_input, *probe) for probe in inputs]
     constants = {init.name: init for init in model.graph.initializer}
-    for index, node in enumerate(model.graph.node):
-        sizes = node.input[3] if node.op_type == "Resize" and len(node.input) > 3 else ""
-        if sizes in constants and numpy_helper.to_array(constants[sizes]).size:
-            raise ValueError(f"Resize node {node.name or index!r} has constant output sizes")
-        if node.op_type != "Reshape" or node.input[1] not in constants:
-            continue
-        target = numpy_helper.to_array(constants[node.input[1]]).astype(np.int64)
-        shapes = [probe.get(node.input[0]) for probe in probes]
-        if any(shape is None or None in shape for shape in shapes):
-            continue  # shape inference could not follow this far: leave the node as exported
-        batched = [shape[0] for shape in shapes[:2]] == [batch for batch, _, _ in inputs[:2]]
-        if batched and target.size > 1 and target[0] == 1:
-            target[0] = 0
-            name = f"{node.input[1]}__live_batch_{index}"
-            model.graph.initializer.append(numpy_helper.from_array(target, name))
-            node.input[1] = name
-        if not all(_reshape_fits(target, shape) for shape in shapes):
-            raise ValueError(
-                f"Reshape node {node.name or index!r} has the fixed target {target.tolist()} "
-                "but its input grows with the image: the export size is baked in"
-            )
+    for _ in range(len(model.graph.node) + 1):
+        probes = [probe_shapes(model, graph_input, *probe) for probe in inputs]
+        rewritten = False
+        for index, node in enumerate(model.graph.node):
+            sizes = node.input[3] if node.op_type == "Resize" and len(node.input) > 3 else ""
+            if sizes in constants and numpy_helper.to_array(constants[sizes]).size:
+                raise ValueError(f"Resize node {node.name or index!r} has constant output sizes")
+            if node.op_type != "Reshape" or node.input[1] not in constants:
+                continue
+            target = numpy_helper.to_array(constants[node.input[1]]).astype(np.int64)
+            shapes = [probe.get(node.input[0]) for probe in probes]
+            if any(shape is None or None in shape for shape in shapes):
+                continue  # shape inference could not follow this far: leave it as exported
+            batched = [shape[0] for shape in shapes[:2]] == [b for b, _, _ in inputs[:2]]
+            if batched and target.size > 1 and target[0] == 1:
+                target[0] = 0
+                name = f"{node.input[1]}__live_batch_{index}"
+                constants[name] = numpy_helper.from_array(target, name)
+                model.graph.initializer.append(constants[name])
+                node.input[1] = name
+                rewritten = True
+                continue
+            if not rewritten and not all(_reshape_fits(target, shape) for shape in shapes):
+                raise ValueError(
+                    f"Reshape node {node.name or index!r} has the fixed target "
+                    f"{target.tolist()} but its input grows with the image: the export size "
+                    "is baked in"
+                )
+        if not rewritten:
+            return
 
 
 def _reshape_fits(target: np.ndarray, shape: Sequence[int]) -> bool:

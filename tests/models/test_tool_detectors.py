@@ -140,31 +140,45 @@ def test_s3fd_loads_face_alignments_layout_strictly_and_gives_boxes(tmp_path: Pa
 def _yolov8_face_graph(path: Path, size: int = 64, stride: int = 8) -> None:
     """A YOLOv8-face-shaped graph: a fixed size×size input, one stride-8 map whose anchors
     each give a box (cx, cy, w, h), a Sigmoid face score and five (x, y, visibility)
-    keypoints, concatenated into 1 × 20 × A as ultralytics exports it."""
+    keypoints, concatenated into 1 × 20 × A as ultralytics exports it. Like an export without
+    onnxsim it writes a Reshape target as a Constant node, shares a bias through an Identity,
+    and flattens with ``[1, C, -1]`` (a batch there hides in the last dimension) before a
+    Reshape to fixed sizes."""
     rng = np.random.default_rng(0)
-    cells = (size // stride) ** 2
+    side = size // stride
+    cells = side**2
 
     def weight(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
         return numpy_helper.from_array(rng.normal(0, 0.1, shape).astype(np.float32), name)
 
+    def ints(name: str, values: list[int]) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
     initialisers = [
         weight("stem.w", (8, 3, stride, stride)),
         weight("box.w", (4, 8, 1, 1)),
+        weight("box.b", (4,)),
         weight("cls.w", (1, 8, 1, 1)),
         weight("kpt.w", (15, 8, 1, 1)),
-        numpy_helper.from_array(np.array([1, 4, cells], np.int64), "box.shape"),
-        numpy_helper.from_array(np.array([1, 1, cells], np.int64), "cls.shape"),
-        numpy_helper.from_array(np.array([1, 15, cells], np.int64), "kpt.shape"),
+        ints("flat.shape", [1, 8, -1]),
+        ints("grid.shape", [1, 8, side, side]),
+        ints("box.shape", [1, 4, cells]),
+        ints("cls.shape", [1, 1, cells]),
     ]
+    kpt_shape = numpy_helper.from_array(np.array([1, 15, cells], np.int64), "kpt.value")
     nodes = [
-        helper.make_node("Conv", ["images", "stem.w"], ["stem"], strides=[stride, stride]),
-        helper.make_node("Conv", ["stem", "box.w"], ["box.raw"]),
+        helper.make_node("Conv", ["images", "stem.w"], ["stem.map"], strides=[stride, stride]),
+        helper.make_node("Reshape", ["stem.map", "flat.shape"], ["stem.flat"]),
+        helper.make_node("Reshape", ["stem.flat", "grid.shape"], ["stem"]),
+        helper.make_node("Identity", ["box.b"], ["box.shared_b"]),
+        helper.make_node("Conv", ["stem", "box.w", "box.shared_b"], ["box.raw"]),
         helper.make_node("Reshape", ["box.raw", "box.shape"], ["box.flat"]),
         helper.make_node("Abs", ["box.flat"], ["box"]),
         helper.make_node("Conv", ["stem", "cls.w"], ["cls.raw"]),
         helper.make_node("Reshape", ["cls.raw", "cls.shape"], ["cls.logits"]),
         helper.make_node("Sigmoid", ["cls.logits"], ["cls"]),
         helper.make_node("Conv", ["stem", "kpt.w"], ["kpt.raw"]),
+        helper.make_node("Constant", [], ["kpt.shape"], value=kpt_shape),
         helper.make_node("Reshape", ["kpt.raw", "kpt.shape"], ["kpt"]),
         helper.make_node("Concat", ["box", "cls"], ["box_cls"], axis=1),
         helper.make_node("Concat", ["box_cls", "kpt"], ["output0"], axis=1),
