@@ -3,6 +3,7 @@ process was killed with SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -69,3 +70,35 @@ def dead_pid() -> int:
     process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                              capture_output=True, text=True, check=True)  # fmt: skip
     return int(process.stdout)
+
+
+def ray_cluster_processes(temp_dir: str, port: int) -> list:
+    """The processes of the cluster ``ray start --head --port=PORT --temp-dir=TEMP_DIR`` began:
+    those that name its folder or its port, and their children (its workers and agents)."""
+    import psutil
+
+    marks = (temp_dir, f":{port}")
+    own = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if any(mark in cmdline for mark in marks) and process.pid != os.getpid():
+            own.append(process)
+    for process in list(own):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            own += process.children(recursive=True)
+    return list({process.pid: process for process in own}.values())
+
+
+def stop_ray_cluster(temp_dir: str, port: int, timeout: float = 30) -> None:
+    """End that cluster, and only it. ``ray stop --force`` ends every Ray process on the
+    machine: a clip being protected beside the test suite died with "Raylet is terminated"."""
+    import psutil
+
+    processes = ray_cluster_processes(temp_dir, port)
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()

@@ -14,6 +14,7 @@ from PIL import Image
 
 from deepguard.errors import DeepguardError
 from deepguard.pipeline.submit import job_client, job_rows, submit, submit_job, wait
+from tests.processes import stop_ray_cluster
 from tests.test_video_pipeline import free_port
 
 ray = pytest.importorskip("ray")
@@ -33,7 +34,7 @@ def dashboard_address():
         check=True, capture_output=True, timeout=180, env=env,
     )  # fmt: skip
     yield f"http://127.0.0.1:{dashboard}"
-    subprocess.run([str(venv_bin / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+    stop_ray_cluster(temp_dir, port)  # this cluster only: not every Ray of the machine
 
 
 def _small_face(media_dir: Path, target: Path) -> Path:

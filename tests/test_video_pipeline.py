@@ -19,6 +19,7 @@ from deepguard.attack.profiles import enabled_profiles
 from deepguard.errors import DeepguardError, InputError
 from deepguard.settings import Settings
 from tests.media import make_clip
+from tests.processes import stop_ray_cluster
 
 ray = pytest.importorskip("ray")
 
@@ -42,7 +43,7 @@ def cluster_address():
     )  # fmt: skip
     yield f"127.0.0.1:{port}"
     ray.shutdown()
-    subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+    stop_ray_cluster(temp_dir, port)  # this cluster only: not every Ray of the machine
 
 
 @pytest.fixture(scope="module")
@@ -249,14 +250,15 @@ def test_a_failing_stage_is_reported_once(cluster_address, clip, tmp_path, monke
 def test_without_an_address_a_cluster_of_our_own_is_started(cluster_address: str) -> None:
     """A bare ray.init() joins the last cluster `ray start` began on this machine (recorded in
     /tmp/ray); deepguard's default is a local cluster of its own. Runs last in this module:
-    its `ray stop` ends the fixture's cluster too."""
+    Stops only the cluster it began."""
     from deepguard.pipeline import cluster
 
     ray_cli = str(Path(sys.executable).with_name("ray"))
     port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="dg-ray-")
     subprocess.run(
         [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
-         "--include-dashboard=false", "--disable-usage-stats"],
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         check=True, capture_output=True, timeout=180,
     )  # fmt: skip
     ray.shutdown()
@@ -268,4 +270,4 @@ def test_without_an_address_a_cluster_of_our_own_is_started(cluster_address: str
         )
     finally:
         cluster.shutdown()
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        stop_ray_cluster(temp_dir, port)

@@ -79,13 +79,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             raise RuntimeError((data / "serve.log").read_text())
         time.sleep(0.3)
     yield base
-    process.terminate()
+    process.terminate()  # the local Ray cluster it started stops with it (pipeline/cluster.py)
     try:
         process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         process.kill()
-    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
-                   capture_output=True, timeout=120)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
