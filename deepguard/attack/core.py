@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -201,9 +201,14 @@ class FacePoison:
         margin: float = 1.0,
         chains: Sequence[Chain] | None = None,
         table: dict[str, FaceDetector] | None = None,
+        pairs: Collection[tuple[str, Look]] | None = None,
     ) -> Verdict:
         """Every look at every chain's copy of ``frames`` (saved through ``roundtrip``),
-        judged against ``faces`` (detections kept down to ``margin`` × each threshold)."""
+        judged against ``faces`` (detections kept down to ``margin`` × each threshold);
+        ``pairs``: only these (chain, look) pairs (a partial check)."""
+        chains = [
+            c for c in chains or self.chains if pairs is None or any(c.name == p for p, _ in pairs)
+        ]
         copies, scales = self.copies(frames, roundtrip, chains)
         detectors = table or self.table
         verdict = Verdict(faces, margin=margin)
@@ -212,6 +217,8 @@ class FacePoison:
                 looks = self.looks(*copy.shape[1:3])
             else:
                 looks = plan_looks(table, self.profiles, *copy.shape[1:3], native_detectors=())
+            if pairs is not None:
+                looks = [look for look in looks if (chain, look) in pairs]
             verdict.found[chain] = detect_looks(detectors, looks, copy, margin, scales[chain])
         return verdict
 
@@ -384,7 +391,9 @@ class FacePoison:
         views = detector_views(windows, height, width, config.view_min_size, config.whole_fraction)
         tick = time.perf_counter()
         importance = (
-            importance_for(config, x, views, generator, active) if config.feature_loss else {}
+            importance_for(config, x, views, generator, active, passes)
+            if config.feature_loss
+            else {}
         )
         timings["importance"] = time.perf_counter() - tick
         budget = iterations or config.iterations
@@ -428,9 +437,24 @@ class FacePoison:
         )
         state = _Checked()
 
-        def clear(run: Run) -> bool:
+        def clear(run: Run, full: bool = False) -> bool:
             """Every judged face missed by the early stop's margin: a perturbation stopped
-            at the bare threshold breaks under the next resize or codec."""
+            at the bare threshold breaks under the next resize or codec.
+
+            Between the round's first check and its verdict, a check first looks only where
+            the last one saw a face and at a third of the other (chain, look) pairs in turn:
+            one that still finds a face settles "not yet" for a fraction of the passes; only
+            when none does is every pair checked, and that full check decides (``full``:
+            that one at once, as at the end of a round, where the verdict is needed)."""
+            pairs = None if full else _pairs_to_check(run, state.checks)
+            state.checks += 1
+            run.checked_at = run.iterations
+            if pairs is not None:
+                partial = self.check(run, pairs=pairs)
+                seen = _failing_looks(partial, config.verify_margin)
+                run.failing = (run.failing - pairs) | seen
+                if seen:
+                    return False
             state.verdict = self.check(run)
             state.at = run.iterations
             run.failing = _failing_looks(state.verdict, config.verify_margin)
@@ -444,9 +468,10 @@ class FacePoison:
         while True:
             if rounds or not skip_first:
                 round_starts.append(run.iterations)
+                run.round_start = run.iterations
                 self.optimiser.iterate(run, budget, clear)
             if state.at != run.iterations or state.verdict is None:
-                clear(run)
+                clear(run, full=True)
             assert state.verdict is not None
             still_found = self.failures(state.verdict, names)
             if rounds >= 1 and config.give_up_ratio:  # after the main iterations + a repair
@@ -507,14 +532,23 @@ class FacePoison:
             passes["faces"] += self._check_passes(frames, others)
         return before
 
-    def check(self, run: Run, scale: float | Tensor = 1.0, kind: str = "check") -> Verdict:
+    def check(
+        self,
+        run: Run,
+        scale: float | Tensor = 1.0,
+        kind: str = "check",
+        pairs: Collection[tuple[str, Look]] | None = None,
+    ) -> Verdict:
         """The real check: ``scale`` (a number, or one per pixel) × the perturbation rounded,
-        saved and sent through every chain, every look at the copies, judged per face with
-        the early stop's margin."""
+        saved and sent through every chain, every look at the copies (or only ``pairs``),
+        judged per face with the early stop's margin."""
         delta = run.perturbation.value() * scale
         out = finish_frames(run.x, run.frames, delta, run.perturbation.bound)
-        run.passes[kind] += self._check_passes(run.frames, self.chains)
-        return self.judge(out, run.faces, run.roundtrip, self.config.verify_margin)
+        if pairs is None:
+            run.passes[kind] += self._check_passes(run.frames, self.chains)
+        else:
+            run.passes[kind] += len(pairs) * len(run.frames)
+        return self.judge(out, run.faces, run.roundtrip, self.config.verify_margin, pairs=pairs)
 
     def _check_passes(self, frames: np.ndarray, chains: Sequence[Chain]) -> int:
         height, width = frames.shape[1:3]
@@ -555,6 +589,8 @@ class FacePoison:
                     low[group] = middle[group]
                 else:
                     high[group] = middle[group]
+        if all(value == 1.0 for value in high):  # no face shrank: the verdict is known
+            return verdict
         scale = _scale_map(weights, high, shared)
         kept = self.check(run, scale, kind="shrink")
         if self.failures(kept, active) - full:  # faces that interact: keep full strength
@@ -623,10 +659,24 @@ class FacePoison:
 
 @dataclass
 class _Checked:
-    """The latest real check of a run, and the iteration it was made at."""
+    """The latest full check of a run, the iteration it was made at, and how many checks
+    (full or partial) the run has made."""
 
     verdict: Verdict | None = None
     at: int = -1
+    checks: int = 0
+
+
+def _pairs_to_check(run: Run, count: int) -> set[tuple[str, Look]] | None:
+    """The (chain, look) pairs a partial check looks at: those the last check saw find a
+    face, and every third of the others in turn (``count``: the checks made so far); ``None``
+    (all of them) for a run's first check, and when that is most of them anyway."""
+    if run.checked_at < 0:
+        return None
+    pairs = [(plan.chain.name, look) for plan in run.plans for look in plan.looks]
+    chosen = {pair for index, pair in enumerate(pairs) if index % 3 == count % 3}
+    chosen |= run.failing & set(pairs)
+    return chosen if len(chosen) < len(pairs) else None
 
 
 def _through(roundtrip: Roundtrip) -> Callable[[Tensor], Tensor]:

@@ -9,6 +9,11 @@ and all of them flow back through the chain into the perturbation's components i
 backward pass. The real check (:meth:`FacePoison.check`) runs every ``check_every``
 iterations, and sooner when this iteration's own passes saw every look below the early
 stop's margin.
+
+Passes are counted by kind in :attr:`Run.passes`: ``attack`` (a forward and a backward),
+``retry`` (the same pass again in fp32 after a half-precision overflow), ``importance``
+(forward and backward, the feature loss's dropout masks), and the forward-only ``faces``,
+``check`` and ``shrink`` (:data:`BACKWARD_KINDS` says which carry a backward).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from deepguard.progress import Progress, detector_phase
 log = logging.getLogger(__name__)
 
 _TINY = 1e-12
+#: the kinds of detector pass that run a backward as well as a forward
+BACKWARD_KINDS = ("attack", "retry", "importance")
 
 
 @dataclass
@@ -77,8 +84,14 @@ class Run:
     losses: dict[str, list[float]] = field(default_factory=dict)
     # (chain, look) → the highest face score its last pass saw: the cheap check
     peaks: dict[tuple[str, Look], float] = field(default_factory=dict)
+    # (chain, look) → the iteration its peak was measured at (a peak older than the last
+    # real check says nothing about the perturbation now)
+    peaks_at: dict[tuple[str, Look], int] = field(default_factory=dict)
     # (chain, look) that the last real check saw find a protected face (by the margin)
     failing: set[tuple[str, Look]] = field(default_factory=set)
+    # the iteration of the last real check (-1: none yet), and of the round's start
+    checked_at: int = -1
+    round_start: int = 0
 
     def face_boxes(self, frame: int) -> np.ndarray:
         """K×4: every clean box of every protected face of ``frame``."""
@@ -103,8 +116,11 @@ class Optimiser:
         or once the loss has stopped falling (more of the same steps would be wasted)."""
         config = self.config
         best, since_best = float("inf"), 0
+        # the first round runs min_iterations before it may stop; a repair round may stop at
+        # its first check (otherwise a round of min_iterations gets one check, at its end)
+        least = config.min_iterations if run.round_start == 0 else 1
         for step in range(1, budget + 1):
-            plan = run.plans[run.iterations % len(run.plans)]
+            plan = self._draw_plan(run)
             leaves = run.perturbation.leaves()
             moved, direct = self._gradient(run, plan, leaves)
             run.iterations += 1
@@ -116,7 +132,7 @@ class Optimiser:
             else:
                 run.perturbation.step(moved, config.step, direct)
             due = step % config.check_every == 0 or self.looks_clear(run)
-            if step >= config.min_iterations and due and clear(run):
+            if step >= least and due and clear(run):
                 log.debug("hidden after delivery at iteration %d", run.iterations)
                 break
             if moved is None and direct is None:
@@ -133,13 +149,33 @@ class Optimiser:
                 break
 
     def looks_clear(self, run: Run) -> bool:
-        """The cheap check: did every look of every chain score below the early stop's margin
-        on the faces, in its last pass?"""
+        """The cheap check: did every attacked look of every chain score below the early
+        stop's margin on the faces, in a pass made since the last real check? A look not
+        drawn since then (or never) has no say yet, so this does not fire a real check on
+        every iteration after one that failed."""
         margin = self.config.verify_margin
-        seen = {chain for chain, _ in run.peaks}
-        return len(seen) == len(run.plans) and all(
-            peak < margin * look.threshold for (_, look), peak in run.peaks.items()
-        )
+        attacked = {d.name for d in run.detectors}
+        for plan in run.plans:
+            for look in plan.looks:
+                if look.detector not in attacked:
+                    continue
+                key = (plan.chain.name, look)
+                if run.peaks_at.get(key, -1) <= run.checked_at:
+                    return False
+                if run.peaks[key] >= margin * look.threshold:
+                    return False
+        return True
+
+    def _draw_plan(self, run: Run) -> Plan:
+        """The delivery chain of this iteration: in turn while no check has run, then in
+        proportion to how many looks the last check saw fail on each (plus one each, so a
+        chain that passes keeps being seen)."""
+        if run.checked_at < 0 or not run.failing:
+            return run.plans[run.iterations % len(run.plans)]
+        weights = [
+            1 + sum(1 for chain, _ in run.failing if chain == plan.chain.name) for plan in run.plans
+        ]
+        return run.rng.choices(run.plans, weights)[0]
 
     # -- one iteration ---------------------------------------------------------------------
 
@@ -299,11 +335,13 @@ class Optimiser:
             detector, view, faces, importance, True, floor
         )
         if gradients is None:  # the half-precision gradient overflowed: this pass in fp32
+            run.passes["retry"] += view.shape[0]
             gradients, excess, peak = self._detector_gradients(
                 detector, view, faces, importance, False, floor
             )
         run.passes["attack"] += view.shape[0]
         run.peaks[(chain.name, look)] = peak
+        run.peaks_at[(chain.name, look)] = run.iterations + 1  # this iteration's number
         trace = run.losses.setdefault(detector.name, [])
         if len(trace) < run.iterations + 1:
             trace.append(0.0)
@@ -382,12 +420,16 @@ def importance_for(
     views: Sequence[Window],
     generator: torch.Generator,
     detectors: Sequence[FaceDetector],
+    passes: Counter | None = None,
 ) -> dict[tuple, FeatureImportance]:
-    """The FacePoison feature importance of every detector on every native view."""
+    """The FacePoison feature importance of every detector on every native view (its passes,
+    a forward and a backward per dropout mask, counted in ``passes["importance"]``)."""
     importance = {}
     for window in views:
         crop = x[window.frame : window.frame + 1, :, window.y1 : window.y2, window.x1 : window.x2]
         for detector in detectors:
+            if passes is not None:
+                passes["importance"] += config.feature_masks
             estimate = FeatureImportance.estimate(
                 detector, crop, config.feature_masks, config.feature_keep_prob, generator
             )

@@ -283,6 +283,12 @@ class Verdict:
     def chains(self) -> list[str]:
         return list(self.found)
 
+    @property
+    def passes(self) -> int:
+        """The detector passes (forward only) this verdict took: one per look, chain and
+        frame."""
+        return sum(len(looks) for looks in self.found.values()) * self.frames
+
     def merge(self, other: Verdict) -> Verdict:
         """Both verdicts' looks (on the same faces): the tools' detectors outside the ensemble
         join the ensemble's."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from deepguard.attack.config import AttackConfig
 from deepguard.attack.core import AttackResult, Progress
 from deepguard.attack.face_report import epsilon_summary, face_rows
 from deepguard.attack.metrics import psnr, ssim
+from deepguard.attack.optimiser import BACKWARD_KINDS
 from deepguard.attack.tool_report import tallies_of, tool_summary
 from deepguard.fileio import write_atomically
 from deepguard.models.registry import get_spec
@@ -71,7 +73,8 @@ class PhotoProtector:
         data, protected = sink.encode(result.frames)
         encoded = time.perf_counter()
         # everything that could still fail runs before the file is written
-        tools = self._tool_rows(chunk.frames, protected, result)
+        tools, report_passes = self._tool_rows(chunk.frames, protected, result)
+        passes = Counter(result.passes_by_kind) + Counter({"report": report_passes})
         checked = time.perf_counter()
         clean = chunk.frames[0]
         faces = result.faces[0] or []
@@ -103,8 +106,11 @@ class PhotoProtector:
             "ssim": round(ssim(clean, protected), 4),
             "iterations": result.iterations,
             "repair_rounds": result.repair_rounds,
-            "detector_passes": result.passes,
-            "detector_passes_by_kind": result.passes_by_kind,
+            # every detector pass, by kind; those with a backward (attack, retry, importance)
+            # cost about twice a forward-only one (faces, check, shrink, report)
+            "detector_passes": sum(passes.values()),
+            "detector_passes_by_kind": dict(passes),
+            "detector_passes_backward": sum(passes[kind] for kind in BACKWARD_KINDS),
             "device": str(self.poison.attack.device),
             "precision": result.precision,
             # out-of-memory fallbacks taken to finish (each also logged as a warning)
@@ -130,9 +136,9 @@ class PhotoProtector:
 
     def _tool_rows(
         self, clean: np.ndarray, protected: np.ndarray, result: AttackResult
-    ) -> list[dict]:
+    ) -> tuple[list[dict], int]:
         """Per tool profile and delivery chain, the protected faces it finds before → after,
-        and whether the file protects against it.
+        and whether the file protects against it; and the detector passes this took.
 
         The ensemble's looks were judged by the attack on the very pixels of the file (its
         round-trip is the sink's encoder); the tools' detectors outside the ensemble are run
@@ -140,12 +146,18 @@ class PhotoProtector:
         attack = self.poison.attack
         faces = result.faces
         before, after = result.before, result.after
+        passes = 0
         if before is None or after is None:  # no face: nothing was judged
             before = after = attack.judge(clean, faces)
-        before = before.merge(attack.judge_uncovered(clean, faces))
-        after = after.merge(attack.judge_uncovered(protected[None], faces))
+            passes += before.passes
+        uncovered = (
+            attack.judge_uncovered(clean, faces),
+            attack.judge_uncovered(protected[None], faces),
+        )
+        passes += sum(verdict.passes for verdict in uncovered)
+        before, after = before.merge(uncovered[0]), after.merge(uncovered[1])
         tallies = tallies_of(before, after, [p.name for p in attack.profiles])
-        return tool_summary(attack.profiles, attack.table, tallies)
+        return tool_summary(attack.profiles, attack.table, tallies), passes
 
     def _weight_digests(self) -> dict[str, str | None]:
         return {
