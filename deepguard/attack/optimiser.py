@@ -111,7 +111,7 @@ class Optimiser:
         #: per detector, the fp16 loss scale (lowered when a scaled gradient overflows)
         self._loss_scales: dict[str, float] = {}
 
-    def iterate(self, run: Run, budget: int, clear: Callable[[Run], bool]) -> None:
+    def iterate(self, run: Run, budget: int, clear: Callable[..., bool]) -> None:
         """Up to ``budget`` steps; stops early once ``clear(run)`` (the real check) passes,
         or once the loss has stopped falling (more of the same steps would be wasted)."""
         config = self.config
@@ -131,8 +131,9 @@ class Optimiser:
                 log.debug("no look sees anything to push down")
             else:
                 run.perturbation.step(moved, config.step, direct)
-            due = step % config.check_every == 0 or self.looks_clear(run)
-            if step >= least and due and clear(run):
+            due = step % config.check_every == 0 or self.looks_clear(run) or step == budget
+            # the round's last check is the full one its verdict needs: no partial one first
+            if step >= least and due and clear(run, full=step == budget):
                 log.debug("hidden after delivery at iteration %d", run.iterations)
                 break
             if moved is None and direct is None:
