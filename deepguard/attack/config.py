@@ -176,9 +176,42 @@ class AttackConfig(BaseModel):
         0.3, gt=0, lt=1, description="push confidences below this fraction of the threshold"
     )
     feature_loss: bool = False
-    feature_weight: float = Field(1.0, ge=0)
+    feature_weight: float = Field(
+        1.0,
+        ge=0,
+        description="the feature loss's gradient next to the score loss's, each normalised "
+        "to a mean size of 1 first",
+    )
     feature_masks: int = Field(8, ge=1, description="dropout masks for feature importance")
     feature_keep_prob: float = Field(0.9, gt=0, le=1)
+    feature_looks: Literal["native", "all"] = Field(
+        "native",
+        description="where the feature loss runs: the native looks' face crops, or also "
+        "every tool's look at the whole resized picture (a photo's; one importance per "
+        "detector and look, estimated on the clean picture)",
+    )
+    # transfer to detectors outside the ensemble (docs/results.md: leave-one-out)
+    ensemble_weighting: Literal["equal", "loss"] = Field(
+        "equal",
+        description="how the looks' normalised gradients are summed: equally, or each in "
+        "proportion to its share of this iteration's score loss (most say to the look least "
+        "fooled; EBAD, CVPR 2023)",
+    )
+    feature_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of each detector's backbone outputs dropped at every attack pass, "
+        "redrawn each step: a nearby detector each time (ghost networks); 0: off",
+    )
+    input_diversity: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="chance per iteration that the delivered copy is also downscaled (0.3-1), "
+        "squashed to a square, rotated (±7°), noised (σ 4-6) or JPEG-compressed before the "
+        "looks see it, as detectors outside the ensemble do; 0: off",
+    )
     # robustness (expectation over transformations)
     eot: bool = True
     eot_probability: float = Field(0.5, ge=0, le=1)

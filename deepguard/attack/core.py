@@ -390,8 +390,13 @@ class FacePoison:
             windows = self._windows(x, faces) if config.region_mode else _whole(x)
         views = detector_views(windows, height, width, config.view_min_size, config.whole_fraction)
         tick = time.perf_counter()
+        tool_looks = (
+            [look for look in self.looks(height, width) if not look.crops]
+            if config.feature_looks == "all" and len(frames) == 1
+            else []
+        )
         importance = (
-            importance_for(config, x, views, generator, active, passes)
+            importance_for(config, x, views, generator, active, passes, tool_looks)
             if config.feature_loss
             else {}
         )

@@ -96,6 +96,9 @@ class FeatureImportance:
 
     def __init__(self, weights: dict[str, Tensor]) -> None:
         self.weights = weights
+        #: the picture the estimate was made on, where a caller keeps track of it (a native
+        #: view with all its context: a crop with less is a region of it)
+        self.window: object | None = None
 
     @classmethod
     def estimate(
@@ -125,13 +128,25 @@ class FeatureImportance:
         weights = {name: g / (g.norm() + _EPS) for name, g in sums.items()}
         return cls(weights)
 
-    def loss(self, features: dict[str, Tensor]) -> Tensor:
+    def loss(
+        self, features: dict[str, Tensor], region: tuple[float, float, float, float] | None = None
+    ) -> Tensor:
+        """The importance-weighted features. ``region``: the part of the estimate's picture
+        the features were computed on (fractions x1, y1, x2, y2), so that a crop with less
+        context meets the importance of its own pixels, not a stretched copy; the rest of a
+        mismatch (a resized view) is interpolated."""
         total = next(iter(features.values())).new_zeros((), dtype=torch.float32)
         for layer_weight, (name, feature) in zip(
             FEATURE_LAYER_WEIGHTS, features.items(), strict=False
         ):
             importance = self.weights[name]
-            if importance.shape != feature.shape:  # EOT resized the view
+            if region is not None:
+                height, width = importance.shape[-2:]
+                x1, y1 = int(region[0] * width), int(region[1] * height)
+                x2 = max(x1 + 1, math.ceil(region[2] * width))
+                y2 = max(y1 + 1, math.ceil(region[3] * height))
+                importance = importance[..., y1:y2, x1:x2]
+            if importance.shape[-2:] != feature.shape[-2:]:  # a resized view
                 importance = torch.nn.functional.interpolate(importance, size=feature.shape[-2:])
             total = total + layer_weight * (importance * feature).float().sum()
         return total

@@ -31,10 +31,12 @@ from torch import Tensor
 
 from deepguard.attack.config import AttackConfig
 from deepguard.attack.delivery import Chain, ChainModel, ToolResize, ViewGeometry
+from deepguard.attack.diversity import BoxMap, InputDiversity
 from deepguard.attack.losses import FeatureImportance, face_score_loss
 from deepguard.attack.perturbation import Perturbation
 from deepguard.attack.precision import Autocast
 from deepguard.attack.regions import Window
+from deepguard.attack.surrogates import ghost
 from deepguard.attack.transforms import quantize_uint8, resize
 from deepguard.attack.verification import Faces, Look
 from deepguard.models.base import FaceDetector
@@ -110,6 +112,8 @@ class Optimiser:
         self.autocast = autocast
         #: per detector, the fp16 loss scale (lowered when a scaled gradient overflows)
         self._loss_scales: dict[str, float] = {}
+        #: draws the surrogate augmentation's dropout masks
+        self._ghosts = torch.Generator().manual_seed(config.seed or 0)
 
     def iterate(self, run: Run, budget: int, clear: Callable[..., bool]) -> None:
         """Up to ``budget`` steps; stops early once ``clear(run)`` (the real check) passes,
@@ -192,19 +196,23 @@ class Optimiser:
         adversarial = self._through_delivery(run, quantize_uint8(run.x + delta))
         delivered = run.model(adversarial, plan.chain)
         height, width = run.x.shape[-2:]
+        # what a detector outside the ensemble may do to the copy (off by default)
+        delivered, box_map, _ = InputDiversity(self.config.input_diversity, run.rng)(delivered)
         # the delivered copy against the original frame, and against the chain's nominal size
         ratio_x, ratio_y = delivered.shape[-1] / width, delivered.shape[-2] / height
         drift = max(plan.size) / max(delivered.shape[-2:])
-        totals: dict[bool, list[Tensor]] = {}
         looks = self._draw_looks(run, plan)
+        said: list[tuple[bool, list[Tensor], float]] = []  # per look: kind, gradients, loss
         for position, look in enumerate(looks):
             surrogate = delivered.new_zeros(())
-            for group in self._views(run, look, delivered, drift, (ratio_x, ratio_y)):
+            excess = 0.0
+            views = self._views(run, look, delivered, drift, (ratio_x, ratio_y), box_map)
+            for group in views:
                 batch = _pad_batch([row.view for row in group])
                 faces = [torch.from_numpy(row.faces) for row in group]
-                window = group[0].window if len(group) == 1 else None
                 leaf = batch.detach().requires_grad_(True)
-                gradient = self._look_gradient(run, plan.chain, look, leaf, faces, window)
+                gradient, loss = self._look_gradient(run, plan.chain, look, leaf, faces, group)
+                excess += loss
                 if gradient is None:
                     continue
                 for index, row in enumerate(group):
@@ -218,14 +226,8 @@ class Optimiser:
             parts = torch.autograd.grad(surrogate, leaves, retain_graph=not last)
             weight = self.config.detector_weights.get(look.detector, 1.0)
             normalised = [weight * g / (g.abs().mean() + _TINY) for g in parts]
-            kind = self.table[look.detector].momentum_safe
-            previous = totals.get(kind)
-            totals[kind] = (
-                normalised
-                if previous is None
-                else [a + b for a, b in zip(previous, normalised, strict=True)]
-            )
-        return totals.get(True), totals.get(False)
+            said.append((self.table[look.detector].momentum_safe, normalised, excess))
+        return _summed(said, self.config.ensemble_weighting)
 
     def _through_delivery(self, run: Run, adversarial: Tensor) -> Tensor:
         """On a share ``eot_delivery`` of iterations, the frames as the real codec delivers
@@ -278,18 +280,21 @@ class Optimiser:
         delivered: Tensor,
         drift: float,
         ratios: tuple[float, float],
+        box_map: BoxMap | None = None,
     ) -> list[list[_View]]:
         """What ``look`` sees of the delivered copy, in batches: a tool's look sees every
         frame whole after its (randomised) resize; a native look crops around the faces, with
-        random context (each crop alone when the feature loss needs its own importance)."""
+        random context (each crop alone when the feature loss needs its own importance).
+        ``box_map``: where the input diversity moved the boxes (a rotation)."""
         height, width = run.x.shape[-2:]
         frames = sorted({w.frame for w in run.views})
         scale = np.array([*ratios, *ratios], np.float32)
+        moved = box_map or (lambda boxes: boxes)
         if not look.crops:
             batch, geometry = run.resize(delivered[frames], look.scale * drift)
             return [[
-                _View(batch[i : i + 1], geometry.boxes_to_view(run.face_boxes(f) * scale),
-                      float(height * width), None)
+                _View(batch[i : i + 1], geometry.boxes_to_view(moved(run.face_boxes(f) * scale)),
+                      float(height * width), None, f)
                 for i, f in enumerate(frames)
             ]]  # fmt: skip
         config = self.config
@@ -307,8 +312,8 @@ class Optimiser:
             geometry = ViewGeometry(
                 view.shape[-1] / crop.shape[-1], view.shape[-2] / crop.shape[-2], x1, y1
             )
-            faces = geometry.boxes_to_view(run.face_boxes(grown.frame) * scale)
-            rows.append(_View(view, faces, float(grown.area), window))
+            faces = geometry.boxes_to_view(moved(run.face_boxes(grown.frame) * scale))
+            rows.append(_View(view, faces, float(grown.area), window, grown.frame, grown))
         if run.importance:
             return [[row] for row in rows]
         return [rows]
@@ -320,25 +325,23 @@ class Optimiser:
         look: Look,
         view: Tensor,
         faces: list[Tensor],
-        window: Window | None,
-    ) -> Tensor | None:
-        """The normalised gradient of ``look``'s face loss with respect to ``view`` (a batch),
-        or ``None`` when its faces already score below the floor everywhere."""
+        group: list[_View],
+    ) -> tuple[Tensor | None, float]:
+        """The normalised gradient of ``look``'s face loss with respect to ``view`` (a batch
+        of ``group``'s views; ``None`` when its faces already score below the floor
+        everywhere) and that loss. With the feature loss, each term's gradient is normalised
+        on its own and the feature term then weighs ``feature_weight`` against the score's."""
         detector = self.table[look.detector]
-        importance = (
-            run.importance.get((detector.name, window.frame, window.x1, window.y1))
-            if look.crops and window is not None
-            else None
-        )
+        importance, region = _importance_of(run, detector.name, look, group)
         # a look at another threshold moves the floors with it
         floor = self.config.score_floor * look.threshold / detector.score_threshold
         gradients, excess, peak = self._detector_gradients(
-            detector, view, faces, importance, True, floor
+            detector, view, faces, importance, True, floor, region
         )
         if gradients is None:  # the half-precision gradient overflowed: this pass in fp32
             run.passes["retry"] += view.shape[0]
             gradients, excess, peak = self._detector_gradients(
-                detector, view, faces, importance, False, floor
+                detector, view, faces, importance, False, floor, region
             )
         run.passes["attack"] += view.shape[0]
         run.peaks[(chain.name, look)] = peak
@@ -348,12 +351,14 @@ class Optimiser:
             trace.append(0.0)
         trace[-1] += excess
         if not gradients:
-            return None
+            return None, excess
         total = None
-        for grad in gradients:
+        for position, grad in enumerate(gradients):
             grad = grad / (grad.abs().mean() + _TINY)
+            if position:  # the feature term
+                grad = grad * self.config.feature_weight
             total = grad if total is None else total + grad
-        return total
+        return total, excess
 
     def _detector_gradients(
         self,
@@ -363,14 +368,17 @@ class Optimiser:
         importance: FeatureImportance | None,
         half: bool,
         floor: float,
+        region: tuple[float, float, float, float] | None = None,
     ) -> tuple[list[Tensor] | None, float, float]:
         """One detector's loss gradients with respect to ``view`` (raw, not normalised), its
         face loss above ``floor`` (a fraction of its threshold) and its highest face score;
-        ``None`` gradients when a half-precision one overflowed."""
+        ``None`` gradients when a half-precision one overflowed. ``region``: the part of the
+        importance's picture that ``view`` shows (a crop with less context)."""
         config = self.config
         half = half and self.autocast.applies_to(detector)
         scale = self._loss_scales.get(detector.name, self.autocast.loss_scale) if half else 1.0
-        with self.autocast.forward(detector, enabled=half):
+        dropout = ghost(detector, config.feature_dropout, self._ghosts)
+        with self.autocast.forward(detector, enabled=half), dropout:
             if importance is not None:
                 maps, features = detector.face_maps_and_features(view)
             else:
@@ -382,7 +390,7 @@ class Optimiser:
         excess = float(score.detach())
         terms = [score] if excess > 0 else []
         if importance is not None and features and terms:
-            terms.append(importance.loss(features) * config.feature_weight)
+            terms.append(importance.loss(features, region))
         gradients = []
         for term in terms:
             (grad,) = torch.autograd.grad(term * scale, view, retain_graph=term is not terms[-1])
@@ -413,6 +421,9 @@ class _View:
     faces: np.ndarray
     area: float
     window: Window | None
+    frame: int = 0
+    #: the crop's window with its random context (native crops)
+    grown: Window | None = None
 
 
 def importance_for(
@@ -422,21 +433,85 @@ def importance_for(
     generator: torch.Generator,
     detectors: Sequence[FaceDetector],
     passes: Counter | None = None,
+    tool_looks: Sequence[Look] = (),
 ) -> dict[tuple, FeatureImportance]:
-    """The FacePoison feature importance of every detector on every native view (its passes,
-    a forward and a backward per dropout mask, counted in ``passes["importance"]``)."""
+    """The FacePoison feature importance of every detector on every native view, and on
+    every one of ``tool_looks`` (the whole clean frame at the look's scale); each estimate's
+    passes, a forward and a backward per dropout mask, counted in ``passes["importance"]``.
+
+    A native view is estimated with all the context a crop of it may get (``view_context``),
+    so that a crop with less is a part of the estimate's picture, not a stretched copy."""
     importance = {}
+    height, width = x.shape[-2:]
+    by_name = {detector.name: detector for detector in detectors}
+    jobs: list[tuple[tuple, FaceDetector, Tensor, Window | None]] = []
     for window in views:
-        crop = x[window.frame : window.frame + 1, :, window.y1 : window.y2, window.x1 : window.x2]
+        full = _with_context(window, (height, width), config.view_context, None)
+        crop = x[full.frame : full.frame + 1, :, full.y1 : full.y2, full.x1 : full.x2]
         for detector in detectors:
-            if passes is not None:
-                passes["importance"] += config.feature_masks
-            estimate = FeatureImportance.estimate(
-                detector, crop, config.feature_masks, config.feature_keep_prob, generator
-            )
-            if estimate is not None:
-                importance[(detector.name, window.frame, window.x1, window.y1)] = estimate
+            key = (detector.name, "crop", window.frame, window.x1, window.y1)
+            jobs.append((key, detector, crop, full))
+    for look in tool_looks:
+        if look.detector not in by_name:
+            continue
+        for frame in range(x.shape[0]):
+            picture = resize(x[frame : frame + 1], look.scale) if look.scale != 1 else x[frame:]
+            key = (look.detector, "look", round(look.scale, 4), frame)
+            jobs.append((key, by_name[look.detector], picture[:1], None))
+    for key, detector, picture, full in jobs:
+        if passes is not None:
+            passes["importance"] += config.feature_masks
+        estimate = FeatureImportance.estimate(
+            detector, picture, config.feature_masks, config.feature_keep_prob, generator
+        )
+        if estimate is not None:
+            estimate.window = full
+            importance[key] = estimate
     return importance
+
+
+def _importance_of(
+    run: Run, detector: str, look: Look, group: list[_View]
+) -> tuple[FeatureImportance | None, tuple[float, float, float, float] | None]:
+    """The importance for a look's views (one crop, or one whole frame), and the part of its
+    picture the view shows (fractions x1, y1, x2, y2; ``None``: all of it)."""
+    if not run.importance or len(group) != 1:
+        return None, None
+    (row,) = group
+    if look.crops and row.window is not None:
+        window = row.window
+        estimate = run.importance.get((detector, "crop", window.frame, window.x1, window.y1))
+        if estimate is None or estimate.window is None or row.grown is None:
+            return estimate, None
+        full, grown = estimate.window, row.grown
+        span_x, span_y = max(1, full.x2 - full.x1), max(1, full.y2 - full.y1)
+        region = ((grown.x1 - full.x1) / span_x, (grown.y1 - full.y1) / span_y,
+                  (grown.x2 - full.x1) / span_x, (grown.y2 - full.y1) / span_y)  # fmt: skip
+        return estimate, region
+    return run.importance.get((detector, "look", round(look.scale, 4), row.frame)), None
+
+
+def _summed(
+    said: list[tuple[bool, list[Tensor], float]], weighting: str
+) -> tuple[list[Tensor] | None, list[Tensor] | None]:
+    """The looks' normalised gradients summed per kind (momentum-safe, direct): equally, or
+    (``"loss"``) each weighted by its share of the iteration's score loss, times the number
+    of looks (so the step's scale is that of the equal sum)."""
+    if not said:
+        return None, None
+    weights = [1.0] * len(said)
+    if weighting == "loss":
+        total = sum(loss for _, _, loss in said)
+        if total > 0:
+            weights = [len(said) * loss / total for _, _, loss in said]
+    sums: dict[bool, list[Tensor]] = {}
+    for (kind, parts, _), weight in zip(said, weights, strict=True):
+        scaled = [weight * part for part in parts]
+        previous = sums.get(kind)
+        sums[kind] = (
+            scaled if previous is None else [a + b for a, b in zip(previous, scaled, strict=True)]
+        )
+    return sums.get(True), sums.get(False)
 
 
 def loss_drops(losses: dict[str, list[float]]) -> dict[str, float]:
@@ -456,9 +531,10 @@ def trace_ends(trace: list[float]) -> tuple[float, float]:
 
 
 def _with_context(
-    window: Window, size: tuple[int, int], context: float, rng: random.Random
+    window: Window, size: tuple[int, int], context: float, rng: random.Random | None
 ) -> Window:
-    """``window`` grown by a random amount of surrounding context on each side.
+    """``window`` grown by a random amount of surrounding context on each side (``rng``
+    ``None``: the most it may get).
 
     Detectors judge a face partly by its surroundings; varying the context every iteration
     makes a perturbation found on a view hold when the detector sees the whole frame.
@@ -466,12 +542,16 @@ def _with_context(
     height, width = size
     grow_x = (window.x2 - window.x1) * context
     grow_y = (window.y2 - window.y1) * context
+
+    def share() -> float:
+        return 1.0 if rng is None else rng.uniform(0.5, 1.0)
+
     return Window(
         window.frame,
-        max(0, int(window.x1 - rng.uniform(0.5, 1.0) * grow_x)),
-        max(0, int(window.y1 - rng.uniform(0.5, 1.0) * grow_y)),
-        min(width, int(window.x2 + rng.uniform(0.5, 1.0) * grow_x)),
-        min(height, int(window.y2 + rng.uniform(0.5, 1.0) * grow_y)),
+        max(0, int(window.x1 - share() * grow_x)),
+        max(0, int(window.y1 - share() * grow_y)),
+        min(width, int(window.x2 + share() * grow_x)),
+        min(height, int(window.y2 + share() * grow_y)),
     )
 
 

@@ -125,6 +125,11 @@ class FaceDetector(nn.Module, ABC):
     #: readable name → dotted path of the submodule whose output is the feature map
     feature_modules: dict[str, str] = {}
 
+    def dropout_points(self) -> list[nn.Module]:
+        """The submodules whose outputs the surrogate augmentation drops values of
+        (:mod:`deepguard.attack.surrogates`): the hooked feature layers by default."""
+        return [self.get_submodule(path) for path in self.feature_modules.values()]
+
     def features(self, x: Tensor) -> dict[str, Tensor]:
         """Three named intermediate feature maps, shallow to deep, for the FacePoison loss."""
         return self.logit_maps_and_features(x)[1]

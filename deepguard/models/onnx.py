@@ -62,6 +62,7 @@ class OnnxModule(nn.Module):
         self.input_name = graph_input
         self.output_names = names
         self.net = onnx2torch.convert(prepared)
+        self._producers = {name: node for node in prepared.graph.node for name in node.output}
 
     @classmethod
     def from_file(
@@ -69,6 +70,18 @@ class OnnxModule(nn.Module):
     ) -> OnnxModule:
         """Load an ``.onnx`` file (weights included) and convert it."""
         return cls(onnx.load(os.fspath(path)), outputs)
+
+    def module_computing(self, tensor: str) -> nn.Module | None:
+        """The converted module that computes ``tensor`` (onnx2torch names its modules after
+        the graph's nodes), to hook; ``None`` where no module does (a functional node)."""
+        node = self._producers.get(tensor)
+        if node is None or not node.name:
+            return None
+        modules = dict(self.net.named_modules())
+        for name in (node.name, node.name.replace("/", "_").replace(".", "_").lstrip("_")):
+            if name in modules:
+                return modules[name]
+        return None
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         values = self.net(x)

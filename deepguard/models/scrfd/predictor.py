@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from deepguard.models.base import DensePrediction, FaceDetector, LogitMap, cell_grid, rgb_to_bgr
 from deepguard.models.onnx import graph_file
@@ -82,6 +82,12 @@ class SCRFDDetector(FaceDetector):
         inputs, heads = self._run(x)
         prediction = self._decode(inputs, heads)
         return [LogitMap(prediction.logits, prediction.boxes.detach())], heads.features
+
+    def dropout_points(self) -> list[nn.Module]:
+        """The graph's modules that compute the backbone outputs (no submodule is named for
+        them, so the converted nodes are)."""
+        modules = [self.net.graph.module_computing(t) for t in self.net.feature_tensors.values()]
+        return [module for module in modules if module is not None]
 
     def _anchor_centres(self, height: int, width: int, device: torch.device) -> list[Tensor]:
         """Per stride, the (x, y) pixel centre of every anchor, ordered row, column, anchor."""

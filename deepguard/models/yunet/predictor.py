@@ -20,7 +20,7 @@ from pathlib import Path
 import onnx
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from deepguard.models.base import (
     DensePrediction,
@@ -68,6 +68,11 @@ class YuNet(FaceDetector):
         heads = [f"bbox_{s}" for s in STRIDES] + list(self._before_sigmoid.values())
         self.graph = OnnxModule(model, [*heads, *FEATURE_TENSORS.values()])
         self._grids: dict[tuple[int, int, torch.device], list[Tensor]] = {}
+
+    def dropout_points(self) -> list[nn.Module]:
+        """The graph's modules that compute the backbone outputs."""
+        modules = [self.graph.module_computing(tensor) for tensor in FEATURE_TENSORS.values()]
+        return [module for module in modules if module is not None]
 
     @staticmethod
     def preprocess(x: Tensor) -> Tensor:
