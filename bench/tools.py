@@ -272,7 +272,6 @@ def leave_one_out(
     for left in config.detectors:
         data = config.model_dump()
         data["detectors"] = [d for d in config.detectors if d != left]
-        data["region_epsilon"] = {k: v for k, v in config.region_epsilon.items() if k != left}
         reduced = parse_config(data)
         title = f"{preset} without {left}"
         out = work / f"loo_{preset}_{left}"
