@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deepguard.errors import DeepguardError
 from deepguard.settings import get_settings
+from deepguard.tables import builtin_then_operator
 
 
 class ToolProfile(BaseModel):
@@ -113,14 +112,9 @@ def _parse(table: object, source: str) -> dict[str, ToolProfile]:
 
 @cache
 def _profiles_from(extra: Path | None) -> dict[str, ToolProfile]:
-    text = resources.files("deepguard.configs").joinpath("tools.yaml").read_text("utf-8")
-    profiles = _parse(yaml.safe_load(text), "configs/tools.yaml")
-    if extra is not None:
-        try:
-            table = yaml.safe_load(extra.read_text("utf-8"))
-        except (OSError, yaml.YAMLError) as error:
-            raise DeepguardError(f"DEEPGUARD_TOOLS_FILE {extra}: cannot read it: {error}") from None
-        profiles.update(_parse(table, str(extra)))
+    profiles: dict[str, ToolProfile] = {}
+    for table, source in builtin_then_operator("tools.yaml", extra, "DEEPGUARD_TOOLS_FILE"):
+        profiles.update(_parse(table, source))
     return profiles
 
 

@@ -13,10 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from pathlib import Path
-
-import yaml
 
 from deepguard.errors import DeepguardError
 from deepguard.models.store import (
@@ -29,6 +26,7 @@ from deepguard.models.store import (
     WeightStore,
 )
 from deepguard.settings import get_settings
+from deepguard.tables import builtin_then_operator
 
 
 @dataclass(frozen=True)
@@ -51,16 +49,11 @@ def tool_weights() -> dict[str, ToolWeight]:
 
 @cache
 def _catalogue_from(extra: Path | None) -> dict[str, ToolWeight]:
-    text = resources.files("deepguard.configs").joinpath("tool_weights.yaml").read_text("utf-8")
-    catalogue = _parse(yaml.safe_load(text), "configs/tool_weights.yaml")
-    if extra is not None:
-        try:
-            table = yaml.safe_load(extra.read_text("utf-8"))
-        except (OSError, yaml.YAMLError) as error:
-            raise DeepguardError(
-                f"DEEPGUARD_TOOL_WEIGHTS_FILE {extra}: cannot read it: {error}"
-            ) from None
-        catalogue.update(_parse(table, str(extra)))
+    catalogue: dict[str, ToolWeight] = {}
+    for table, source in builtin_then_operator(
+        "tool_weights.yaml", extra, "DEEPGUARD_TOOL_WEIGHTS_FILE"
+    ):
+        catalogue.update(_parse(table, source))
     return catalogue
 
 

@@ -41,7 +41,8 @@ def bgr_minus_mean(x: Tensor, mean: Tensor) -> Tensor:
 
 
 class RetinaFaceDetector(FaceDetector):
-    """RetinaFace-MobileNet-0.25 at the input's own resolution."""
+    """RetinaFace-MobileNet-0.25 at the input's own resolution. A subclass with another body
+    sets ``build_net``, ``prior_config`` and its hooked stages."""
 
     name = "retinaface"
     feature_modules = {
@@ -52,12 +53,17 @@ class RetinaFaceDetector(FaceDetector):
     score_threshold = 0.6
     nms_iou = 0.4
     max_detections = 750
+    prior_config: PriorConfig = PRIORS
+
+    @staticmethod
+    def build_net() -> RetinaFace:
+        return RetinaFace()
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = RetinaFace()
+        self.net = self.build_net()
         self.register_buffer("mean", torch.tensor(BGR_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.priors = PriorCache(PRIORS)
+        self.priors = PriorCache(self.prior_config)
 
     def dense(self, x: Tensor) -> DensePrediction:
         height, width = x.shape[-2:]
@@ -69,8 +75,8 @@ class RetinaFaceDetector(FaceDetector):
         )
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
-        c1, c2, c3 = self.net.body(bgr_minus_mean(x, self.mean))
-        return {"body.stage1": c1, "body.stage2": c2, "body.stage3": c3}
+        levels = self.net.body(bgr_minus_mean(x, self.mean))
+        return dict(zip(self.feature_modules, levels, strict=True))
 
 
 def load(weights: Mapping[str, Path] | None, **options: Any) -> FaceDetector:

@@ -12,19 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
-from torch import Tensor
-
-from deepguard.models.base import DensePrediction, FaceDetector, read_state_dict
-from deepguard.models.retinaface.predictor import BGR_MEAN, bgr_minus_mean
-from deepguard.models.retinaface.priors import PriorCache, PriorConfig
+from deepguard.models.base import read_state_dict
+from deepguard.models.retinaface.predictor import RetinaFaceDetector
+from deepguard.models.retinaface.priors import PriorConfig
 from deepguard.models.retinaface_r50.net import retinaface_r50
 
 WEIGHTS_FILE = "detection_Resnet50_Final.pth"
 PRIORS = PriorConfig(min_sizes=((16, 32), (64, 128), (256, 512)), steps=(8, 16, 32))
 
 
-class RetinaFaceR50Detector(FaceDetector):
+class RetinaFaceR50Detector(RetinaFaceDetector):
     """RetinaFace-ResNet-50 at the input's own resolution, facexlib's defaults."""
 
     name = "retinaface_r50"
@@ -34,23 +31,8 @@ class RetinaFaceR50Detector(FaceDetector):
         "body.layer4": "net.body.layer4",
     }
     score_threshold = 0.8
-    nms_iou = 0.4
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = retinaface_r50()
-        self.register_buffer("mean", torch.tensor(BGR_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.priors = PriorCache(PRIORS)
-
-    def dense(self, x: Tensor) -> DensePrediction:
-        height, width = x.shape[-2:]
-        loc, logits, _ = self.net(bgr_minus_mean(x, self.mean))
-        face_logits = logits[..., 1] - logits[..., 0]  # softmax(...)[1] == sigmoid(this)
-        return DensePrediction(
-            scores=face_logits.sigmoid(),
-            boxes=self.priors.decode(loc, height, width),
-            logits=face_logits,
-        )
+    prior_config = PRIORS
+    build_net = staticmethod(retinaface_r50)
 
 
 def load(weights: Mapping[str, Path] | None) -> RetinaFaceR50Detector:
