@@ -362,7 +362,12 @@ class AttackConfig(BaseModel):
         "whose loss fell by less than this fraction over the last two rounds is left out of "
         "the later repair rounds",
     )
-    repair_iterations: int = Field(5, ge=1)
+    repair_iterations: int = Field(
+        5,
+        ge=1,
+        description="iterations of each round after the first, at most as many as the "
+        "first's (a run asked for 1 iteration stays quick)",
+    )
     output_jpeg_quality: int = Field(92, ge=50, le=100)
     seed: int | None = 0
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(

@@ -402,6 +402,8 @@ class FacePoison:
         )
         timings["importance"] = time.perf_counter() - tick
         budget = iterations or config.iterations
+        # a later round is never longer than the first: --iterations 1 stays a quick run
+        repair_budget = min(config.repair_iterations, budget)
         budgets = self._budgets(frames, faces, windows, shared)
         budgets.start_at(hints, init_delta)
         bound = budgets.bound()
@@ -435,7 +437,7 @@ class FacePoison:
             ),
             rng=rng,
             progress=progress,
-            total_budget=budget + config.repair_rounds * config.repair_iterations,
+            total_budget=budget + config.repair_rounds * repair_budget,
             roundtrip=roundtrip,
             through_codec=_through(roundtrip) if roundtrip and config.eot_delivery else None,
             passes=passes,
@@ -487,7 +489,7 @@ class FacePoison:
             if last:
                 break
             rounds += 1
-            budget = config.repair_iterations
+            budget = repair_budget
             climbed = budgets.climb({failure[2:] for failure in still_found})
             if climbed:
                 run.perturbation.rebound(budgets.bound())
