@@ -138,6 +138,16 @@ def per_face_tools(
     return figures
 
 
+def key_and_warm_passes(rows: list[dict]) -> dict[str, float | None]:
+    """Mean passes of a key frame and of a warm frame (attack, checks and report; the final
+    repairs and the check of the written file apart)."""
+    means: dict[str, float | None] = {}
+    for name, key in (("key", True), ("warm", False)):
+        passes = [row["passes"] for row in rows if row["key_frame"] is key]
+        means[name] = round(sum(passes) / len(passes), 1) if passes else None
+    return means
+
+
 def per_frame_baseline(config: AttackConfig) -> AttackConfig:
     video = config.video.model_copy(update={"warm_start": False, "smoothing": 0.0})
     return config.model_copy(update={"video": video})
@@ -181,6 +191,9 @@ def main() -> None:
             "x_realtime": round(seconds / duration, 1),
             "x_plain_reencode": round(seconds / plain, 1),
             "passes_per_frame": summary["detector_passes_per_frame"],
+            "passes_by_kind": summary["detector_passes_by_kind"],
+            # where they go: a key frame's full attack against the frames carried from it
+            "passes_key_warm": key_and_warm_passes(report["frames"]),
             "key_frames": summary["key_frames"],
             "hide_rate": {k: v["hide_rate"] for k, v in summary["detectors"].items()},
             "faces": {

@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from deepguard.attack.config import load_preset
 from deepguard.attack.profiles import enabled_profiles
 from deepguard.errors import DeepguardError, InputError
 from deepguard.settings import Settings
-from tests.media import make_clip
+from tests.media import make_clip, read_frames
 from tests.processes import stop_ray_cluster
 
 ray = pytest.importorskip("ray")
@@ -107,6 +108,11 @@ def test_pipeline_protects_a_clip_on_a_ray_cluster(cluster_address, clip, tmp_pa
     assert summary["detectors"]["yunet"]["hide_rate"] >= 0.8
     assert 1 <= summary["key_frames"] < 10  # the rest start from the previous frame
     assert summary["psnr_db"] > 30 and summary["flicker"] is not None
+    # every pass is counted by kind: the attack's, the tools' other detectors', the check of
+    # the written file
+    by_kind = summary["detector_passes_by_kind"]
+    assert by_kind["verify"] > 0 and by_kind["report"] > 0 and by_kind["faces"] > 0
+    assert sum(by_kind.values()) == pytest.approx(summary["detector_passes_per_frame"], abs=0.1)
     assert len(report["frames"]) == 10 and "faces_after" in report["frames"][-1]
     assert seen["remux"] == 10 and seen["verify"] == 10
 
@@ -143,6 +149,14 @@ def test_a_frame_the_written_file_shows_is_repaired_and_the_clip_encoded_again(
     assert repair["faces_after_before_repair"]["yunet"] >= 1
     frame = report["frames"][5]
     assert frame["final_repair"]["passes"] > 0 and frame["psnr_db"] > 30
+    # every check of the written file counts: the first one and one after each repair
+    from deepguard.attack.core import FacePoison
+
+    judge = FacePoison(config.for_video())
+    frames = np.stack(read_frames(out, 1))
+    one_check = judge.judge(frames, [None]).passes + judge.judge_uncovered(frames, [None]).passes
+    assert frame["verify_passes"] == pytest.approx((repair["rounds"] + 1) * one_check)
+    assert report["summary"]["detector_passes_by_kind"]["repair"] > 0
     assert 1 <= frame["final_repair"]["rounds"] <= repair["rounds"]
     assert frame["faces_after"]["yunet"] == 0  # judged on the file written the second time
     assert seen["repair"] == 10 and seen["verify"] == 10 and seen["remux"] == 10

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -434,7 +434,10 @@ class _Run:
         record, chunk = self._get(*refs), self._get(refs[1])
         self._advance(record)
         for offset, stats in enumerate(chunk.stats):
-            rows[chunk.start + offset].update(stats)
+            row = rows[chunk.start + offset]
+            # every check of the written file costs passes: a repair's check adds its own
+            stats["verify_passes"] = stats.get("verify_passes", 0) + row.get("verify_passes", 0)
+            row.update(stats)
 
     # -- the report ------------------------------------------------------------------------
 
@@ -477,9 +480,14 @@ class _Run:
                 "detectors": detectors,
                 "tools": self._tool_rows(rows),
                 "iterations_per_frame": _mean(r["iterations"] for r in rows),
-                "detector_passes_per_frame": _mean(
-                    r["passes"] + r.get("final_repair", {}).get("passes", 0) for r in rows
-                ),
+                "detector_passes_per_frame": _mean(_frame_passes(r).total() for r in rows),
+                # every pass by kind, per frame on average: those of the attack and its checks,
+                # "report" (the tools' other detectors), "repair" (frames attacked again after
+                # the check of the written file) and "verify" (that check)
+                "detector_passes_by_kind": {
+                    kind: round(n / max(len(rows), 1), 2)
+                    for kind, n in sum((_frame_passes(r) for r in rows), Counter()).items()
+                },
                 # frames the check of the written file found a face on, attacked again
                 "final_repair": {
                     "rounds": self.repair_rounds,
@@ -516,6 +524,15 @@ class _Run:
         profiles = judged_profiles(config.tools, config.extra_tools, config.detectors)
         tallies = tallies_of_counts(before, after, "saved")
         return tool_summary(profiles, self.config.detectors, tallies)
+
+
+def _frame_passes(row: dict[str, Any]) -> Counter:
+    """A frame's detector passes by kind, the final repairs and the checks of the written file
+    included."""
+    passes = Counter(row.get("passes_by_kind") or {"attack": row["passes"]})
+    passes["repair"] += row.get("final_repair", {}).get("passes", 0)
+    passes["verify"] += row.get("verify_passes", 0)
+    return +passes
 
 
 def _with_earlier_repairs(row: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,8 @@ class Chunk:
     tracks: list[FrameTracks] = field(default_factory=list)  # per frame
     protected: np.ndarray | None = None  # N×H×W×3 uint8, set by the poison stage
     stats: list[dict[str, Any]] = field(default_factory=list)  # per-frame report rows
+    #: detector passes the stages before the poison stage spent on these frames, by kind
+    passes: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.frames)

@@ -168,9 +168,13 @@ class PoisonStage:
             # they are in memory; cheap next to the attack (720p on 2 CPU cores, RetinaFace
             # and YuNet attacked: 0.9 s for MTCNN's and YOLO5Face's looks, 84 s for a warm
             # frame's attack, 187 s for a key frame's)
-            uncovered = self.attack.judge_uncovered(frames, result.faces).by_tool()
-            tools_before = most_per_tool(result.tools_before, uncovered)
-            chunk.stats += _rows(result, tools_before, tracks, key, given_up)
+            uncovered = self.attack.judge_uncovered(frames, result.faces)
+            result = _with_passes(result, Counter(report=uncovered.passes))
+            tools_before = most_per_tool(result.tools_before, uncovered.by_tool())
+            earlier = Counter(
+                {k: n * (stop - start) // len(chunk) for k, n in chunk.passes.items()}
+            )
+            chunk.stats += _rows(_with_passes(result, earlier), tools_before, tracks, key, given_up)
             for offset in range(start, stop):
                 chunk.stats[offset]["scene_start"] = offset in chunk.scene_starts
             if result.fallbacks:  # on the batch's first row, in video frame numbers
@@ -324,8 +328,8 @@ def _reach(reached: dict[int, Rung], result: AttackResult, tracks: list[FrameTra
 
 
 def _with_passes(result: AttackResult, spent: Counter) -> AttackResult:
-    """``result`` with ``spent`` passes (checks of held frames, a segment's shared attack)
-    added to its counts."""
+    """``result`` with ``spent`` passes (checks of held frames, a segment's shared attack, the
+    report's count of the tools' other detectors) added to its counts."""
     result.passes += sum(spent.values())
     result.passes_by_kind = dict(Counter(result.passes_by_kind) + spent)
     return result
@@ -433,6 +437,7 @@ def _rows(
             "tools_before": {tool: found[i] for tool, found in tools_before.items()},
             "iterations": result.iterations,
             "passes": result.passes / count,
+            "passes_by_kind": {kind: n / count for kind, n in result.passes_by_kind.items()},
             "repair_rounds": result.repair_rounds,
             "given_up": sorted(given_up),
         }

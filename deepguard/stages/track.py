@@ -143,6 +143,8 @@ class TrackStage:
 
     def process(self, chunk: Chunk) -> Chunk:
         chunk.tracks = []
+        # one forward pass per frame, counted with the attack's (the report's accounting)
+        chunk.passes["track"] = chunk.passes.get("track", 0) + len(chunk)
         for offset, boxes in enumerate(self.detect(chunk.frames)):
             if offset in chunk.scene_starts:
                 self.tracker.reset()

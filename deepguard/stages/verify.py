@@ -35,10 +35,13 @@ class VerifyStage:
         counts = verdict.by_detector()
         uncovered = self.attack.judge_uncovered(chunk.frames, known)
         tools = most_per_tool(verdict.by_tool(), uncovered.by_tool())
+        passes = (verdict.passes + uncovered.passes) / max(len(chunk), 1)
         chunk.stats = [
             {
                 "faces_after": {name: found[index] for name, found in counts.items()},
                 "tools_after": {tool: found[index] for tool, found in tools.items()},
+                # forward passes of this check, this frame's share (a repair checks again)
+                "verify_passes": passes,
             }
             for index in range(len(chunk))
         ]

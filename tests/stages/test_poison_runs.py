@@ -82,3 +82,18 @@ def test_a_tracks_epsilon_holds_until_the_next_scene_cut(
     cut = stage.process(Chunk(4, frames.copy(), scene_starts=[2], tracks=list(tracks)))
     assert cut.stats[2]["key_frame"] and cut.stats[1]["epsilon"] == [key_level]
     assert cut.stats[2]["epsilon"][0] <= key_level
+
+
+def test_every_pass_a_frame_cost_is_in_its_row_by_kind(
+    stage: PoisonStage, still: tuple[np.ndarray, list[FrameTracks]]
+) -> None:
+    """The tracker's detection, the attack's passes and the report's count of the tools'
+    other detectors: each frame's row has its share, and they add up to its passes."""
+    frames, tracks = still
+    chunk = Chunk(0, frames.copy(), scene_starts=[0], tracks=list(tracks), passes={"track": 4})
+    rows = stage.process(chunk).stats
+    for row in rows:
+        assert row["passes_by_kind"]["track"] == 1
+        assert row["passes"] == pytest.approx(sum(row["passes_by_kind"].values()))
+    key = rows[0]["passes_by_kind"]
+    assert key["faces"] > 0 and key["attack"] > 0 and key["check"] > 0
